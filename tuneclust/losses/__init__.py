@@ -1,0 +1,1 @@
+"""Losses as pure functions of tensors (torch only). One module per method family."""
