@@ -67,3 +67,29 @@ def label_free_scores(x: np.ndarray, y_pred: np.ndarray, sample: int = SILHOUETT
         "calinski_harabasz": float(calinski_harabasz_score(x, y_pred)),
         "davies_bouldin": float(davies_bouldin_score(x, y_pred)),
     }
+
+
+def score_evaluation(ev, labels: np.ndarray | None, k: int, n_init: int = 10, seed: int = 0) -> dict[str, float]:
+    """All metrics of one :class:`tuneclust.methods.Evaluation`.
+
+    The method's own assignment is scored if it has one, else k-means (``k`` clusters) on its embedding.
+    Each extra view is clustered by k-means and reported as ``<view>_acc`` / ``_nmi`` / ``_ari``.
+    """
+    out: dict[str, float] = {k_: float(v) for k_, v in ev.scores.items()}
+    assignment = ev.assignment
+    if assignment is None:
+        if ev.embedding is None:
+            raise ValueError("an evaluation needs an embedding or an assignment")
+        assignment = kmeans_fit(ev.embedding, k, n_init, seed)[0]
+    assignment = np.asarray(assignment, dtype=np.int64)
+    out["clusters_used"] = float(len(np.unique(assignment)))
+    if labels is not None:
+        out.update(labelled_scores(labels, assignment))
+    if ev.embedding is not None:
+        out.update(label_free_scores(ev.embedding, assignment))
+    for view, emb in ev.views.items():
+        if labels is None or emb is None or np.asarray(emb).shape[1] == 0:
+            continue
+        view_labels = kmeans_fit(emb, k, n_init, seed)[0]
+        out.update({f"{view}_{m}": v for m, v in labelled_scores(labels, view_labels).items()})
+    return out

@@ -58,7 +58,8 @@ class Method(ABC):
 
     Subclasses set ``name``, ``Config`` and implement the five abstract members. They count the images they
     train on in ``self.images_seen`` (the trainable reports images/s from it) and optimisation steps in
-    ``self.steps``.
+    ``self.steps``. ``self.epoch`` is the number of completed epochs: the trainable increments it after each
+    ``train_epoch()`` returns, so inside ``train_epoch`` it is the 0-based index of the running epoch.
     """
 
     name: ClassVar[str]

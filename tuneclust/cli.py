@@ -1,0 +1,214 @@
+"""``python -m tuneclust {sweep,validate,train,report,list,features}``: wiring only.
+
+Bad input (a spec, an override, a path) gets one line on stderr naming the file and the field, and exit code 2;
+nothing is written before the input has been validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuneclust", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_set(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a spec key (dotted path, value parsed as YAML), e.g. --set budget.epochs=10",
+        )
+
+    s = sub.add_parser("sweep", help="run a study on Ray Tune")
+    s.add_argument("spec", help="the study's YAML file")
+    add_set(s)
+    s.add_argument("--storage", help="results root (default: the spec's storage, ./runs); results go to STORAGE/NAME")
+    s.add_argument("--smoke", action="store_true", help="run it on the bundled digits: <=2 epochs, one value per "
+                   "search dimension, every arm, CPU only (results under NAME-smoke)")  # fmt: skip
+    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
+    s.add_argument("--overwrite", action="store_true", help="delete earlier results of this sweep and start over")
+    s.add_argument("--address", help="Ray cluster address (e.g. 'auto' on a `ray up` head node); default: local Ray")
+    s.add_argument("--quiet", action="store_true", help="less Ray progress output")
+
+    v = sub.add_parser("validate", help="parse and check specs, print the trial count of each; runs nothing")
+    v.add_argument("specs", nargs="+")
+    add_set(v)
+    v.add_argument("--smoke", action="store_true", help="also validate the --smoke version of each spec")
+
+    t = sub.add_parser("train", help="run one trial in-process without Ray (debug a method)")
+    t.add_argument("spec")
+    add_set(t)
+    t.add_argument("--arm", help="ablation arm to run (default: the first)")
+    t.add_argument("--smoke", action="store_true", help="apply the --smoke reductions (digits, <=2 epochs, CPU)")
+    t.add_argument("--device", default="auto", help="auto (a GPU if there is one) | cpu | cuda | cuda:N")
+
+    r = sub.add_parser("report", help="rank trials, plot metrics against parameters, tabulate arms")
+    r.add_argument("sweep_dir", help="a sweep's results folder, STORAGE/NAME")
+    r.add_argument("--metric", help="metric to rank and plot (default: the sweep's objective)")
+    r.add_argument("--out", help="where plots and tables go (default: SWEEP_DIR/report)")
+    r.add_argument("--top", type=int, default=20, help="rows of the ranking to print")
+
+    sub.add_parser("list", help="methods, datasets, searchers, schedulers, metrics")
+
+    f = sub.add_parser("features", help="extract ImageNet ResNet50 features of a dataset into an .npz (for CDC)",
+                       add_help=False)  # fmt: skip
+    f.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["features"]:
+        from tuneclust.features import main as features_main
+
+        return features_main(argv[1:])
+    args = _parser().parse_args(argv)
+    return {
+        "sweep": cmd_sweep,
+        "validate": cmd_validate,
+        "train": cmd_train,
+        "report": cmd_report,
+        "list": cmd_list,
+    }[args.command](args)
+
+
+def _load(path: str, overrides: list[str], smoke: bool = False):
+    from tuneclust.spec import load_spec, smoke_spec
+
+    spec = load_spec(path, overrides)
+    return smoke_spec(spec) if smoke else spec
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tuneclust.spec import SpecError
+
+    failed = 0
+    for path in args.specs:
+        try:
+            spec = _load(path, args.overrides)
+            line = f"{path}: ok: {spec.name} ({spec.method}), {spec.num_trials()} trials"
+            if args.smoke:
+                line += f"; --smoke: {_load(path, args.overrides, smoke=True).num_trials()} trials"
+            print(line)
+        except SpecError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tuneclust.spec import SpecError, load_spec
+
+    try:
+        spec = _load(args.spec, args.overrides, args.smoke)
+        if args.resume:
+            from tuneclust.sweep import sweep_dir
+
+            stored = sweep_dir(spec, args.storage) / "spec.yaml"
+            if stored.exists():
+                spec = load_spec(stored)
+    except SpecError as e:
+        return _fail(str(e))
+    from tuneclust import report
+    from tuneclust.sweep import SweepError, run_sweep, sweep_dir
+
+    try:
+        results = run_sweep(
+            spec,
+            storage=args.storage,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            address=args.address,
+            verbose=0 if args.quiet else 1,
+        )
+    except SweepError as e:
+        return _fail(str(e))
+    out = sweep_dir(spec, args.storage)
+    statuses = [r.error is None for r in results]
+    print(f"\n{spec.name}: {sum(statuses)} of {len(statuses)} trials finished, {statuses.count(False)} errored")
+    print(f"results: {out}/trials.parquet, {out}/epochs.parquet")
+    try:
+        print(report.ranking_text(out, top=10))
+    except FileNotFoundError:
+        pass
+    return 0 if any(statuses) else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from tuneclust.data.registry import DataError
+    from tuneclust.spec import SpecError
+    from tuneclust.trainable import TrialLoop, TrialPlan
+
+    try:
+        spec = _load(args.spec, args.overrides, args.smoke)
+    except SpecError as e:
+        return _fail(str(e))
+    arm = args.arm if args.arm is not None else spec.arms[0]
+    if arm not in spec.arms:
+        return _fail(f"{args.spec}: --arm: unknown arm {arm!r}; expected one of {spec.arms}")
+    point = {k: d.representative() for k, d in spec.search.items()}
+    point["arm"] = arm
+    cfg, data = spec.resolve(point)
+    device_name = args.device
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    plan = TrialPlan(spec.method, cfg, data, spec.budget.epochs, spec.budget.eval_every, spec.resources.cpu)
+    print(f"train {spec.name}: method {spec.method}, arm {arm or '-'}, point {point}, device {device_name}")
+    try:
+        loop = TrialLoop(plan, torch.device(device_name))
+    except DataError as e:
+        return _fail(f"data: {e}")
+    for result in loop.run():
+        shown = {k: round(v, 4) for k, v in result.items() if not k.startswith("loss_")}
+        print(" ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tuneclust import report
+
+    path = Path(args.sweep_dir)
+    if not (path / "trials.parquet").exists():
+        return _fail(f"{path}: no trials.parquet here (expected a sweep's results folder, STORAGE/NAME)")
+    written = report.write_report(path, metric=args.metric, out=args.out)
+    print(report.ranking_text(path, metric=args.metric, top=args.top))
+    for f in written:
+        print(f"wrote {f}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tuneclust import metrics
+    from tuneclust.data.registry import DATASETS
+    from tuneclust.methods import METHODS, get_method
+    from tuneclust.spec import DISTRIBUTIONS, SCHEDULERS, SEARCHERS
+
+    print("methods:")
+    for name in METHODS:
+        try:
+            cls = get_method(name)
+            extra = f"  extra metrics: {', '.join(cls.extra_metrics)}" if cls.extra_metrics else ""
+            print(f"  {name:<6} config keys: {', '.join(cls.Config.model_fields)}{extra}")
+        except ImportError as e:
+            print(f"  {name:<6} (unavailable: {e})")
+    print(f"datasets: {', '.join(DATASETS)}")
+    print(f"searchers: {', '.join(SEARCHERS)}")
+    print(f"schedulers: {', '.join(SCHEDULERS)}")
+    print(f"search distributions: {', '.join(DISTRIBUTIONS)}")
+    print(f"metrics: {', '.join(metrics.LABELLED + metrics.LABEL_FREE)}, loss, and each method's extra metrics")
+    return 0

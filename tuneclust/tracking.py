@@ -1,0 +1,204 @@
+"""Where results go: MLflow (one parent run per sweep, one child run per trial) and two Parquet tables.
+
+Only this module imports mlflow. Everything here runs in the sweep's driver process (Ray callbacks forward
+trial events to it), so a sqlite store has one writer. Parquet files are rewritten atomically as trials
+finish, so a crash keeps every finished trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+MLFLOW_STATE = "mlflow.json"
+LABELLED_SUFFIXES = ("acc", "nmi", "ari")
+"""Metrics computed with the ground-truth labels: their best-over-evaluations is label-selected."""
+DIAGNOSTICS = {"lr", "images_per_s", "eval_time_s", "time_total_s", "clusters_used", "phase", "finetune_iter"}
+"""Reported values that are not scores: only their final value goes into trials.parquet."""
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else MLflow's own default ``sqlite:///mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def is_label_metric(name: str) -> bool:
+    return name in LABELLED_SUFFIXES or name.endswith(tuple(f"_{s}" for s in LABELLED_SUFFIXES))
+
+
+def metric_mode(name: str) -> str:
+    from tuneclust.spec import objective_mode
+
+    return objective_mode(name)
+
+
+def _cell(v: Any) -> Any:
+    """A value Parquet can hold in a column of scalars."""
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    return json.dumps(v, default=str)
+
+
+def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+class MlflowTracker:
+    """Parent run per sweep (spec as artifact); child run per trial with params, metric history and tags."""
+
+    def __init__(
+        self, uri: str, experiment: str, sweep_dir: Path, spec_text: str, sweep_tags: dict[str, str], resume: bool
+    ) -> None:
+        import mlflow  # noqa: F401  (fail early with a clear ImportError)
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            artifacts = None
+            if uri.startswith("sqlite:///"):
+                artifacts = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+        else:
+            self.experiment_id = exp.experiment_id
+        state_file = sweep_dir / MLFLOW_STATE
+        self.children: dict[str, str] = {}
+        if resume and state_file.exists():
+            self.parent = json.loads(state_file.read_text())["parent_run_id"]
+            self.client.update_run(self.parent, status="RUNNING")
+            for run in self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent}'", max_results=50000
+            ):
+                self.children[run.data.tags["tuneclust.trial_id"]] = run.info.run_id
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=sweep_tags.get("tuneclust.sweep"), tags=sweep_tags)
+            self.parent = run.info.run_id
+            self.client.log_text(self.parent, spec_text, "spec.yaml")
+            state_file.write_text(json.dumps({"parent_run_id": self.parent, "tracking_uri": uri}))
+
+    def start_trial(self, trial_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+        from mlflow.entities import Param, RunTag
+
+        if trial_id in self.children:
+            self.client.set_tag(self.children[trial_id], "status", "RUNNING")
+            return
+        all_tags = {"mlflow.parentRunId": self.parent, "tuneclust.trial_id": trial_id, "status": "RUNNING", **tags}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        self.children[trial_id] = run.info.run_id
+        self.client.log_batch(
+            run.info.run_id,
+            params=[Param(k, str(_cell(v))[:6000]) for k, v in params.items()],
+            tags=[RunTag(k, str(v)) for k, v in all_tags.items()],
+        )
+
+    def log_metrics(self, trial_id: str, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.children.get(trial_id)
+        if run_id is None:
+            return
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step)
+            for k, v in values.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+    def end_trial(self, trial_id: str, status: str, error: str | None = None) -> None:
+        run_id = self.children.get(trial_id)
+        if run_id is None:
+            return
+        self.client.set_tag(run_id, "status", status)
+        if error:
+            self.client.set_tag(run_id, "error", error[:5000])
+        self.client.set_terminated(run_id, "FINISHED" if status == "TERMINATED" else "FAILED")
+
+    def end(self, summary: dict[str, float], status: str = "FINISHED") -> None:
+        if summary:
+            self.log_metrics_parent(summary)
+        self.client.set_terminated(self.parent, status)
+
+    def log_metrics_parent(self, values: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if math.isfinite(float(v))]
+        if metrics:
+            self.client.log_batch(self.parent, metrics=metrics)
+
+
+class ResultTables:
+    """``trials.parquet`` (one row per trial) and ``epochs.parquet`` (one row per trial per evaluation)."""
+
+    def __init__(self, sweep_dir: Path, resume: bool) -> None:
+        self.dir = sweep_dir
+        self.trials: dict[str, dict[str, Any]] = {}
+        self.epochs: dict[str, list[dict[str, Any]]] = {}
+        if resume:
+            if (sweep_dir / TRIALS_FILE).exists():
+                for row in pd.read_parquet(sweep_dir / TRIALS_FILE).to_dict("records"):
+                    self.trials[row["trial_id"]] = row
+            if (sweep_dir / EPOCHS_FILE).exists():
+                for row in pd.read_parquet(sweep_dir / EPOCHS_FILE).to_dict("records"):
+                    self.epochs.setdefault(row["trial_id"], []).append(row)
+        self._last_flush = 0.0
+
+    def add_eval(self, trial_id: str, ident: dict[str, Any], values: dict[str, Any]) -> None:
+        """Record one evaluation; an epoch reported again (after a restore) replaces the earlier row."""
+        row = {"trial_id": trial_id, **{k: _cell(v) for k, v in ident.items()}, **values}
+        rows = [r for r in self.epochs.get(trial_id, []) if r.get("epoch") != values.get("epoch")]
+        rows.append(row)
+        self.epochs[trial_id] = rows
+        if time.monotonic() - self._last_flush > 30:
+            self.flush()
+
+    def finish(self, trial_id: str, ident: dict[str, Any], status: str, error: str | None, wall_time_s: float) -> dict:
+        """Summarise a trial from its evaluations into its ``trials.parquet`` row, and write both tables."""
+        rows = sorted(self.epochs.get(trial_id, []), key=lambda r: r.get("epoch", 0))
+        summary: dict[str, Any] = {
+            "trial_id": trial_id,
+            **{k: _cell(v) for k, v in ident.items()},
+            "status": status,
+            "error": error,
+            "epochs_run": int(rows[-1]["epoch"]) if rows else 0,
+            "evaluations": len(rows),
+            "wall_time_s": float(wall_time_s),
+        }
+        skip = set(ident) | {"trial_id", "epoch", "step"}
+        names = [k for k in (rows[-1] if rows else {}) if k not in skip]
+        for name in names:
+            series = pd.Series([r.get(name) for r in rows], dtype="float64")
+            summary[f"final.{name}"] = float(series.iloc[-1])
+            valid = series.dropna()
+            if valid.empty or name in DIAGNOSTICS:
+                continue
+            pick = valid.idxmax() if metric_mode(name) == "max" else valid.idxmin()
+            prefix = "best_label_selected" if is_label_metric(name) else "best"
+            summary[f"{prefix}.{name}"] = float(series[pick])
+            if name in ("acc",):
+                summary["best_label_selected.epoch"] = int(rows[pick]["epoch"])
+        self.trials[trial_id] = summary
+        self.flush()
+        return summary
+
+    def flush(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.trials:
+            _write_atomic(pd.DataFrame(list(self.trials.values())), self.dir / TRIALS_FILE)
+        rows = [r for rs in self.epochs.values() for r in rs]
+        if rows:
+            _write_atomic(pd.DataFrame(rows), self.dir / EPOCHS_FILE)
+        self._last_flush = time.monotonic()
