@@ -1,0 +1,347 @@
+"""Batched, per-sample random image augmentation on the device (no PIL, no Python loop over samples).
+
+Every op takes ``x`` (B, C, H, W) float in [0, 1] on any device and a keyword-only ``generator`` (a
+``torch.Generator`` on x's device), draws one set of parameters per sample from it (so the output is a function of
+the generator state), and returns a tensor of the same shape, dtype and device unless stated. Geometric ops build
+per-sample affine matrices and do one ``affine_grid`` + ``grid_sample`` (bilinear) per call.
+
+The pipelines they serve (methods.md): IDFD (Wu et al. 2018 / Tao et al. 2021: RandomResizedCrop(0.2-1),
+ColorJitter(0.4, 0.4, 0.4), RandomGrayscale(0.2), horizontal flip), DCCS (crop 0.4-1, flip, jitter with hue
+0.125, channel shuffle, grayscale), ICS (rotation, scale, erasing, flip, brightness, contrast).
+
+Deliberate differences from torchvision, for batching:
+- ``random_resized_crop``/``random_erasing``: a box that would not fit is clamped to the image instead of torchvision's
+  10 re-draws (and its centre-crop fallback), so the area/aspect can be slightly off the drawn values at the edges.
+- ``color_jitter`` applies brightness, contrast, saturation, hue in this fixed order (torchvision: random order).
+- ``random_rotation``/``random_scale`` interpolate bilinearly (torchvision's default is nearest), fill 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Step = Callable[..., Tensor]
+"""An augmentation step, called as ``step(x, generator=generator)`` (e.g. a ``functools.partial`` of an op)."""
+
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision's rgb_to_grayscale
+
+
+def _check(x: Tensor) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"augmentation expects images (B, C, H, W), got shape {tuple(x.shape)}")
+
+
+def _check_range(name: str, lo: float, hi: float, low: float = 0.0) -> None:
+    if not low <= lo <= hi:
+        raise ValueError(f"{name} must satisfy {low} <= lo <= hi, got ({lo}, {hi})")
+
+
+def _uniform(n: int, lo: float, hi: float, generator: torch.Generator, device: torch.device) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+
+def _coin(n: int, p: float, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Bool (n,): True with probability p (p=1: always, p=0: never)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"probability p must be in [0, 1], got {p}")
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def _pick(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Per sample: ``a`` where mask else ``b``."""
+    return torch.where(mask.view(-1, 1, 1, 1), a, b)
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+
+def sample_boxes(
+    n: int,
+    height: int,
+    width: int,
+    *,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Draw integer boxes like torchvision's ``RandomResizedCrop.get_params``, clamped instead of re-drawn.
+
+    Area fraction uniform in ``scale``, aspect ratio w/h log-uniform in ``ratio``, w and h rounded and clamped to
+    [1, width] / [1, height], top-left uniform over the positions where the box fits.
+
+    Returns:
+        Long tensor (n, 4): top, left, h, w in pixels.
+    """
+    _check_range("scale", *scale)
+    _check_range("ratio", *ratio, low=1e-12)
+    device = device if device is not None else generator.device
+    area = height * width * _uniform(n, scale[0], scale[1], generator, device)
+    aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, device))
+    w = torch.sqrt(area * aspect).round().clamp(1, width)
+    h = torch.sqrt(area / aspect).round().clamp(1, height)
+    top = torch.minimum(
+        torch.floor(torch.rand(n, generator=generator, device=device) * (height - h + 1)), height - h
+    )
+    left = torch.minimum(
+        torch.floor(torch.rand(n, generator=generator, device=device) * (width - w + 1)), width - w
+    )
+    return torch.stack([top, left, h, w], dim=1).long()
+
+
+def crop_resize(x: Tensor, boxes: Tensor) -> Tensor:
+    """Crop each sample to its box and resize it bilinearly back to (H, W): one affine_grid + grid_sample.
+
+    Sample points are clamped to the box's pixel centres, which makes this equal to
+    ``F.interpolate(x[..., t:t+h, l:l+w], (H, W), mode="bilinear", align_corners=False)`` per sample.
+
+    Args:
+        x: (B, C, H, W) images.
+        boxes: (B, 4) top, left, h, w in pixels (as from :func:`sample_boxes`).
+    """
+    _check(x)
+    b, c, H, W = x.shape
+    top, left, h, w = boxes.to(device=x.device, dtype=x.dtype).unbind(1)
+    theta = x.new_zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = w / W, (2 * left + w) / W - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h / H, (2 * top + h) / H - 1
+    grid = F.affine_grid(theta, [b, c, H, W], align_corners=False)
+    lo = torch.stack([(2 * left + 1) / W - 1, (2 * top + 1) / H - 1], dim=1).view(b, 1, 1, 2)
+    hi = torch.stack([(2 * (left + w) - 1) / W - 1, (2 * (top + h) - 1) / H - 1], dim=1).view(b, 1, 1, 2)
+    grid = torch.maximum(torch.minimum(grid, hi), lo)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_resized_crop(
+    x: Tensor,
+    *,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator,
+) -> Tensor:
+    """torchvision's RandomResizedCrop to the input size (see :func:`sample_boxes` for the clamping)."""
+    _check(x)
+    boxes = sample_boxes(
+        x.shape[0], x.shape[2], x.shape[3], scale=scale, ratio=ratio, generator=generator, device=x.device
+    )
+    return crop_resize(x, boxes)
+
+
+def _warp(x: Tensor, theta: Tensor) -> Tensor:
+    """Sample x at theta @ (u, v, 1) (normalised output coords -> input coords), zeros outside."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_rotation(x: Tensor, *, degrees: float | tuple[float, float], generator: torch.Generator) -> Tensor:
+    """Rotate each sample about its centre by an angle uniform in [-degrees, degrees] (or [lo, hi]).
+
+    Positive angles turn counter-clockwise (torchvision's convention); corners are filled with 0.
+    """
+    _check(x)
+    lo, hi = (-abs(degrees), abs(degrees)) if isinstance(degrees, int | float) else degrees
+    _check_range("degrees", lo, hi, low=-math.inf)
+    b, _, H, W = x.shape
+    a = torch.deg2rad(_uniform(b, lo, hi, generator, x.device))
+    cos, sin = torch.cos(a), torch.sin(a)
+    zero = torch.zeros_like(a)
+    theta = torch.stack([cos, -sin * H / W, zero, sin * W / H, cos, zero], dim=1).view(b, 2, 3)
+    return _warp(x, theta)
+
+
+def random_scale(x: Tensor, *, scale: tuple[float, float] = (0.9, 1.1), generator: torch.Generator) -> Tensor:
+    """Zoom each sample about its centre by a factor uniform in ``scale`` (>1 enlarges; the border is filled with 0)."""
+    _check(x)
+    _check_range("scale", *scale, low=1e-12)
+    s = _uniform(x.shape[0], scale[0], scale[1], generator, x.device)
+    zero = torch.zeros_like(s)
+    theta = torch.stack([1 / s, zero, zero, zero, 1 / s, zero], dim=1).view(-1, 2, 3)
+    return _warp(x, theta)
+
+
+def horizontal_flip(x: Tensor, *, p: float = 0.5, generator: torch.Generator) -> Tensor:
+    """Mirror each sample left-right with probability p."""
+    _check(x)
+    return _pick(_coin(x.shape[0], p, generator, x.device), x.flip(-1), x)
+
+
+def random_erasing(
+    x: Tensor,
+    *,
+    p: float = 0.5,
+    scale: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
+    value: float = 0.0,
+    generator: torch.Generator,
+) -> Tensor:
+    """torchvision's RandomErasing: with probability p, set a box of area fraction in ``scale`` and aspect h/w
+    log-uniform in ``ratio`` to ``value`` (box clamped to the image instead of re-drawn)."""
+    _check(x)
+    b, _, H, W = x.shape
+    inv = (1 / ratio[1], 1 / ratio[0])  # sample_boxes draws w/h; torchvision's erasing ratio is h/w
+    top, left, h, w = sample_boxes(
+        b, H, W, scale=scale, ratio=inv, generator=generator, device=x.device
+    ).unbind(1)
+    apply = _coin(b, p, generator, x.device)
+    rows = torch.arange(H, device=x.device)
+    cols = torch.arange(W, device=x.device)
+    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    return torch.where(mask[:, None], x.new_full((), value), x)
+
+
+# ---------------------------------------------------------------------------------------------- colour
+
+
+def to_grayscale(x: Tensor, *, channels: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    """Luma (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B; a 1-channel image is its own luma) repeated to ``channels``.
+
+    Returns (B, channels, H, W). ``generator`` is unused (accepted so the op can be an :class:`Augment` step).
+    """
+    _check(x)
+    if x.shape[1] == 3:
+        r, g, b = x.unbind(1)
+        luma = (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+    elif x.shape[1] == 1:
+        luma = x
+    else:
+        raise ValueError(f"to_grayscale needs 1 or 3 channels, got {x.shape[1]}")
+    return luma if channels == 1 else luma.repeat(1, channels, 1, 1)
+
+
+def random_grayscale(x: Tensor, *, p: float = 0.2, generator: torch.Generator) -> Tensor:
+    """With probability p per sample, replace the image by its luma, keeping the channel count."""
+    _check(x)
+    return _pick(_coin(x.shape[0], p, generator, x.device), to_grayscale(x, channels=x.shape[1]), x)
+
+
+def rgb_to_hsv(x: Tensor) -> Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV with hue in [0, 1) (torchvision's formulas, batched)."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(dim=1), x.amin(dim=1)
+    flat = maxc == minc
+    delta = maxc - minc
+    s = delta / torch.where(flat, torch.ones_like(maxc), maxc)
+    d = torch.where(flat, torch.ones_like(delta), delta)
+    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
+    is_r, is_g = maxc == r, (maxc == g) & (maxc != r)
+    h = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(flat, torch.zeros_like(h), h)
+    return torch.stack([torch.remainder(h / 6.0, 1.0), s, maxc], dim=1)
+
+
+# row i (the sextant of the hue) -> indices into (v, q, p, t) for R, G, B
+_SEXTANT = ((0, 3, 2), (1, 0, 2), (2, 0, 3), (2, 1, 0), (3, 2, 0), (0, 2, 1))
+
+
+def hsv_to_rgb(x: Tensor) -> Tensor:
+    """(B, 3, H, W) HSV (hue in [0, 1)) -> RGB, the inverse of :func:`rgb_to_hsv`."""
+    h, s, v = x.unbind(1)
+    h6 = torch.remainder(h, 1.0) * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = torch.tensor(_SEXTANT, device=x.device)[i.long() % 6]  # (B, H, W, 3)
+    return torch.stack([v, q, p, t], dim=1).gather(1, table.permute(0, 3, 1, 2)).clamp(0.0, 1.0)
+
+
+def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of each RGB sample by ``shift`` (B,) turns (0.5 = 180 degrees); 1-channel: unchanged."""
+    if x.shape[1] == 1:
+        return x
+    hsv = rgb_to_hsv(x)
+    h = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1).to(x.dtype), 1.0)
+    return hsv_to_rgb(torch.stack([h, hsv[:, 1], hsv[:, 2]], dim=1))
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """torchvision's _blend: factor * x + (1 - factor) * other, clamped to [0, 1]; factor (B,)."""
+    f = factor.view(-1, 1, 1, 1).to(x.dtype)
+    return (f * x + (1 - f) * other).clamp(0.0, 1.0)
+
+
+def _factors(n: int, strength: float, generator: torch.Generator, device: torch.device) -> Tensor:
+    return _uniform(n, max(0.0, 1.0 - strength), 1.0 + strength, generator, device)
+
+
+def color_jitter(
+    x: Tensor,
+    *,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    saturation: float = 0.0,
+    hue: float = 0.0,
+    p: float = 1.0,
+    generator: torch.Generator,
+) -> Tensor:
+    """torchvision's ColorJitter per sample, in the fixed order brightness, contrast, saturation, hue.
+
+    Factors are uniform in [max(0, 1-s), 1+s], the hue shift uniform in [-hue, hue] (hue <= 0.5); a strength of 0
+    skips its step (so all zeros is the identity). Saturation and hue are no-ops on 1-channel images. Applied to
+    each sample with probability p; the result is clamped to [0, 1].
+    """
+    _check(x)
+    for name, val in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        _check_range(name, val, val)
+    _check_range("hue", hue, 0.5)
+    b, rgb, dev = x.shape[0], x.shape[1] == 3, x.device
+    out = x
+    if brightness > 0:
+        out = _blend(out, torch.zeros_like(out), _factors(b, brightness, generator, dev))
+    if contrast > 0:
+        mean = to_grayscale(out).mean(dim=(1, 2, 3), keepdim=True)
+        out = _blend(out, mean, _factors(b, contrast, generator, dev))
+    if saturation > 0 and rgb:
+        out = _blend(out, to_grayscale(out), _factors(b, saturation, generator, dev))
+    if hue > 0 and rgb:
+        out = adjust_hue(out, _uniform(b, -hue, hue, generator, dev))
+    return out if p >= 1.0 else _pick(_coin(b, p, generator, dev), out, x)
+
+
+def channel_shuffle(x: Tensor, *, generator: torch.Generator) -> Tensor:
+    """An independent random permutation of the channels of each sample (DCCS: before graying)."""
+    _check(x)
+    perm = torch.rand(x.shape[0], x.shape[1], generator=generator, device=x.device).argsort(dim=1)
+    return x.gather(1, perm[:, :, None, None].expand_as(x))
+
+
+def normalize(
+    x: Tensor,
+    mean: Sequence[float] | Tensor,
+    std: Sequence[float] | Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """(x - mean) / std per channel (not random; ``generator`` is accepted and unused, for :class:`Augment`)."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, *([1] * (x.ndim - 2)))
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, *([1] * (x.ndim - 2)))
+    return (x - m) / s
+
+
+class Augment:
+    """A pipeline of steps applied in order, each called as ``step(x, generator=generator)``.
+
+    Example:
+        ``Augment([partial(random_resized_crop, scale=(0.2, 1.0)), partial(horizontal_flip, p=0.5)])``
+    """
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self.steps = list(steps)
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        for step in self.steps:
+            x = step(x, generator=generator)
+        return x
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __repr__(self) -> str:
+        names = (getattr(getattr(s, "func", s), "__name__", repr(s)) for s in self.steps)
+        return f"Augment({', '.join(names)})"
