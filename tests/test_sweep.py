@@ -1,0 +1,171 @@
+"""Sweeps on real Ray and real MLflow (sqlite in a temp dir), IDFD on a slice of the bundled digits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tuneclust.cli import main
+from tuneclust.spec import load_spec
+from tuneclust.sweep import run_sweep
+
+BASE = """
+name: {name}
+method: idfd
+data: {{name: digits, subsample: 300}}
+budget: {{epochs: {epochs}, eval_every: 1}}
+config: {{backbone: convnet, batch_size: 100, kmeans_n_init: 2}}
+storage: {storage}
+tracking: {{mlflow: {{uri: "{uri}"}}}}
+"""
+
+
+def make_spec(tmp_path: Path, uri: str, body: str, name: str = "s", epochs: int = 2) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(BASE.format(name=name, epochs=epochs, storage=tmp_path / "runs", uri=uri) + body)
+    return p
+
+
+def child_runs(uri: str, experiment: str) -> list:
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags], client
+
+
+def test_sweep_tracks_every_trial_and_survives_a_crashing_one(ray_session, tmp_path, mlflow_uri):
+    body = """
+search:
+  lr: {grid: [0.03, 1.0e+30]}        # the second diverges: a NaN loss must fail that trial only
+  seed: {grid: [0, 1]}
+ablation: {ID: {variant: id, tau: 0.5}, IDFD: {variant: idfd}}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+"""
+    spec = load_spec(make_spec(tmp_path, mlflow_uri, body))
+    run_sweep(spec, verbose=0)
+    out = tmp_path / "runs" / "s"
+    trials = pd.read_parquet(out / "trials.parquet")
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert len(trials) == 8 and trials["trial_id"].is_unique
+    bad = trials[trials["config.lr"] > 1]
+    good = trials[trials["config.lr"] < 1]
+    assert (bad["status"] == "ERROR").all() and bad["error"].str.contains("non-finite").all()
+    assert (good["status"] == "TERMINATED").all() and good["error"].isna().all()
+    assert set(trials["arm"]) == {"ID", "IDFD"} and set(trials["config.seed"]) == {0, 1}
+    assert good["final.acc"].between(0.1, 1).all() and (good["final.acc"] <= good["best_label_selected.acc"]).all()
+    assert {"acc", "nmi", "ari", "silhouette", "calinski_harabasz", "davies_bouldin", "images_per_s", "loss"} <= set(epochs)
+    assert (epochs.groupby("trial_id")["epoch"].max() <= 2).all()
+    children, client = child_runs(mlflow_uri, "s")
+    assert len(children) == 8
+    by_trial = {r.data.tags["tuneclust.trial_id"]: r for r in children}
+    for row in trials.itertuples():
+        run = by_trial[row.trial_id]
+        assert run.data.tags["status"] == row.status and run.data.tags["arm"] == row.arm
+        assert run.data.params["config.lr"] == str(row._asdict()["_5"]) or "config.lr" in run.data.params
+        if row.status == "TERMINATED":
+            history = client.get_metric_history(run.info.run_id, "acc")
+            assert [m.step for m in history] == list(range(1, int(row.epochs_run) + 1))
+    parent = client.get_run(children[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["trials_errored"] == 4
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    # the report ranks, plots and tabulates from the tables alone
+    assert main(["report", str(out)]) == 0
+    assert (out / "report" / "ranking.csv").exists() and (out / "report" / "ablation.md").exists()
+    assert (out / "report" / "acc_vs_lr.png").exists()
+    # a second sweep into the same folder is refused without --resume/--overwrite, and nothing is touched
+    assert main(["sweep", str(tmp_path / "s.yaml")]) == 2
+
+
+def test_optuna_is_exhaustive_over_the_grid_and_adaptive_inside_cells(ray_session, tmp_path, mlflow_uri):
+    body = """
+search:
+  tau: {loguniform: [0.1, 5.0]}
+  seed: {grid: [0, 1]}
+searcher: {type: optuna, seed: 3, n_startup_trials: 1}
+num_samples: 2
+"""
+    spec = load_spec(make_spec(tmp_path, mlflow_uri, body, name="o", epochs=1))
+    assert spec.num_trials() == 4
+    run_sweep(spec, verbose=0)
+    trials = pd.read_parquet(tmp_path / "runs" / "o" / "trials.parquet")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
+    assert trials.groupby("config.seed").size().to_dict() == {0: 2, 1: 2}
+    assert trials["config.tau"].between(0.1, 5.0).all() and trials["config.tau"].nunique() == 4
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        "{type: hyperband, reduction_factor: 2}",
+        "{type: median, grace_period: 1, min_samples_required: 1}",
+        "{type: pbt, perturbation_interval: 1}",
+    ],
+)
+def test_each_scheduler_runs(ray_session, tmp_path, mlflow_uri, scheduler):
+    body = f"""
+search:
+  tau: {{uniform: [0.5, 2.0]}}
+searcher: random
+num_samples: 2
+scheduler: {scheduler}
+"""
+    spec = load_spec(make_spec(tmp_path, mlflow_uri, body, name="sch", epochs=2))
+    run_sweep(spec, verbose=0)
+    trials = pd.read_parquet(tmp_path / "runs" / "sch" / "trials.parquet")
+    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
+
+
+def test_train_runs_one_trial_without_ray(tmp_path, capsys, mlflow_uri):
+    p = make_spec(tmp_path, mlflow_uri, "search: {tau: {grid: [1.0, 2.0]}}\n", name="tr", epochs=1)
+    assert main(["train", str(p), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch=1" in out and "acc=" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def _rows(path: Path) -> int:
+    try:
+        return len(pd.read_parquet(path))
+    except Exception:
+        return 0
+
+
+def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path, mlflow_uri):
+    body = """
+search:
+  tau: {grid: [0.5, 1.0, 2.0, 4.0, 8.0]}
+max_concurrent: 1
+"""
+    p = make_spec(tmp_path, mlflow_uri, body, name="k", epochs=3)
+    out = tmp_path / "runs" / "k"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    cmd = [sys.executable, "-m", "tuneclust", "sweep", str(p), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _rows(out / "trials.parquet") < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    time.sleep(3)  # let Ray's experiment state catch up (checkpoint period 1 s here)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = pd.read_parquet(out / "trials.parquet")
+    assert 2 <= len(before) < 5
+    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = pd.read_parquet(out / "trials.parquet")
+    assert len(after) == 5 and after["trial_id"].is_unique and (after["status"] == "TERMINATED").all()
+    kept = after.set_index("trial_id").loc[before["trial_id"], "wall_time_s"]
+    assert (kept.values == before["wall_time_s"].values).all(), "a finished trial was run again"
+    children, client = child_runs(mlflow_uri, "k")
+    assert len(children) == 5
+    for run in children:
+        if run.data.tags["tuneclust.trial_id"] in set(before["trial_id"]):
+            assert len(client.get_metric_history(run.info.run_id, "acc")) == 3
