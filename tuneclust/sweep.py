@@ -356,6 +356,7 @@ def run_sweep(
                 scheduler=build_scheduler(spec),
                 num_samples=spec.num_trials() if spec.searcher.type == "optuna" else spec.num_samples,
                 max_concurrent_trials=spec.max_concurrent,
+                reuse_actors=True,  # one worker process serves many trials: torch is imported once, not per trial
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_dirname,
             ),
