@@ -1,0 +1,89 @@
+"""ICS (Das, Ghosh, Bhowmick), Fig. 6: ACC against each of gamma, omega and beta over 100 random samples
+(uniform in [0, 1], alpha = 1) on MNIST with the shallow network.
+
+Usage: python analysis/ics_random.py <sweep_dir> [--out DIR]
+Writes fig6_acc_vs_weights.png (one scatter per weight with the mean ACC per tenth of [0, 1]), top_trials.md/.csv
+(the best samples) and weight_correlation.md/.csv (Spearman correlation of each weight with ACC).
+ACC is the value at the last evaluation: no selection by labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tuneclust.report import load_results, write_table
+
+WEIGHTS = ("gamma", "omega", "beta")  # Fig. 6 (a), (b), (c)
+PAPER_CHOICE = {"beta": 0.8, "gamma": 0.01, "omega": 0.1}  # Sec. 4.4, from this study
+
+
+def finished(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials that ran to the end and have an ACC."""
+    done = trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
+    return done[done["final.acc"].notna()] if "final.acc" in done else done.iloc[0:0]
+
+
+def plot(done: pd.DataFrame, path: Path) -> None:
+    """One panel per weight: every trial's ACC, the mean per bin, the paper's choice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    bins = np.linspace(0, 1, 11)
+    for ax, w in zip(axes, WEIGHTS):
+        x, y = done[f"config.{w}"].astype(float), done["final.acc"].astype(float)
+        ax.scatter(x, y, s=14, alpha=0.7)
+        mean = y.groupby(pd.cut(x, bins, include_lowest=True), observed=True).mean()
+        ax.plot([iv.mid for iv in mean.index], mean.values, "k-", lw=1, label="mean per bin")
+        ax.axvline(PAPER_CHOICE[w], color="r", ls="--", lw=1, label="paper's choice")
+        ax.set_xlabel(w)
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("ACC (last evaluation)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("ICS Fig. 6: random search of the loss weights (alpha = 1)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sweep_dir")
+    p.add_argument("--out", help="default: <sweep_dir>/analysis")
+    args = p.parse_args(argv)
+    out = Path(args.out or Path(args.sweep_dir) / "analysis")
+    out.mkdir(parents=True, exist_ok=True)
+    trials, _ = load_results(args.sweep_dir)
+    done = finished(trials)
+    if done.empty:
+        raise SystemExit(f"{args.sweep_dir}: no finished trial with final.acc")
+    plot(done, out / "fig6_acc_vs_weights.png")
+    cols = [f"config.{w}" for w in ("beta", "gamma", "omega")] + [
+        c for c in ("final.acc", "final.nmi", "final.ari") if c in done
+    ]
+    top = done.sort_values("final.acc", ascending=False)[["trial_id", *cols]].head(10)
+    written = [out / "fig6_acc_vs_weights.png"]
+    written += write_table(top.rename(columns=lambda c: c.removeprefix("config.")), out / "top_trials")
+    corr = pd.DataFrame(
+        {
+            "weight": list(WEIGHTS),
+            "spearman_vs_acc": [
+                done[f"config.{w}"].corr(done["final.acc"], method="spearman") for w in WEIGHTS
+            ],
+            "trials": len(done),
+        }
+    )
+    written += write_table(corr, out / "weight_correlation")
+    return written
+
+
+if __name__ == "__main__":
+    for path in main():
+        print(path)

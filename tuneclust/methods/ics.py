@@ -1,0 +1,263 @@
+"""ICS: deep clustering with an inter-class separation constraint (Das, Ghosh, Bhowmick, "Deep representation
+learning characterized by inter-class separation for image clustering", WACV 2019; methods.md "ICS").
+
+A convolutional autoencoder with a DEC cluster layer, trained on ``alpha*L_r + beta*L_c + gamma*L_b + omega*L_t``
+after ``pretrain_epochs`` epochs of L_r alone; the cluster centres come from k-means on the codes at the switch.
+
+Decisions where the paper is silent (each a config key):
+- P (DEC target) and the code bank used for negative mining are refreshed together, in one eval-mode pass over
+  the whole dataset, at the start of every joint epoch (``target_update_every: 0``) or every T iterations.
+- Negatives are drawn from that bank (codes at most one refresh old); the anchor's 10 augmentations and the
+  anchor itself are encoded fresh (eval mode, no grad). An anchor without a proper negative after ``neg_tries``
+  draws takes the farthest one tried; ``neg_found_rate`` logs the fraction that found one.
+- The positive is one of those 10 augmentations, picked at random (Fig. 3); anchor, positive and negative (the
+  clean image) then go through the encoder together, with gradients.
+- A weight at 0 switches its term off: not computed, logged as 0. ``neg_found_rate`` is absent when L_t is off
+  and during pre-training. Pre-training minimises L_r unweighted, whatever ``alpha``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from tuneclust.data import augment
+from tuneclust.data.registry import Dataset
+from tuneclust.losses.dec import kl_divergence, soft_assign, target_distribution
+from tuneclust.losses.ics import balance_loss, reconstruction_loss, select_negatives, triplet_loss
+from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteLossError
+from tuneclust.metrics import kmeans_fit
+from tuneclust.nets.conv_autoencoders import ConvAutoencoder
+
+ARCH_DEFAULTS: dict[str, dict[str, float]] = {
+    "shallow": {"beta": 0.8, "gamma": 0.01, "omega": 0.1, "margin": 0.24, "latent_dim": 64},  # Sec. 4.4, 4.3
+    "deep": {"beta": 0.7, "gamma": 0.01, "omega": 0.3, "margin": 0.3, "latent_dim": 10},  # Sec. 4.4, 4.3
+}
+TERMS = ("r", "c", "b", "t")
+
+
+class ICSConfig(MethodConfig):
+    """ICS hyperparameters. ``None`` = the architecture's paper value (ARCH_DEFAULTS), filled in at validation."""
+
+    arch: Literal["shallow", "deep"] = (
+        "shallow"  # Sec. 4.3: shallow for MNIST/USPS, deep for CIFAR/FRGC/ImageNet
+    )
+    latent_dim: int | None = Field(default=None, ge=1)  # Sec. 4.3 "feature dimensions ... 64 and 10"
+    alpha: float = Field(default=1.0, ge=0)  # Sec. 4.4: fixed at 1
+    beta: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.8 shallow, 0.7 deep
+    gamma: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.01 both
+    omega: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.1 shallow, 0.3 deep
+    margin: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.24 shallow, 0.3 deep
+    lr: float = Field(default=1e-3, gt=0)  # Sec. 4.3: Adam, learning rate 0.001
+    batch_size: int = Field(default=256, ge=2)  # paper silent; DEC's 256
+    pretrain_epochs: int = Field(default=3, ge=0)  # Sec. 3.3: three epochs of L_r before negative selection
+    target_update_every: int = Field(default=0, ge=0)  # paper silent; 0 = refresh P and bank every epoch
+    n_aug_neg: int = Field(default=10, ge=1)  # Algorithm 1: 10 augmentations per anchor
+    neg_tries: int = Field(default=50, ge=1)  # paper's loop is unbounded; our bound
+    reduction: Literal["mean", "sum"] = "mean"  # L_b, L_t over the batch; Eq. 5/6 print "sum", we average
+    aug_rotation: float = Field(default=15.0, ge=0, le=180)  # degrees; Sec. 3.3 names rotation, no range
+    aug_scale: float = Field(default=0.1, ge=0, lt=1)  # zoom in [1-s, 1+s]; Sec. 3.3 "scale"
+    aug_erasing: float = Field(default=0.5, ge=0, le=1)  # probability; Sec. 3.3 "erasing"
+    aug_flip: float = Field(default=0.5, ge=0, le=1)  # probability; Sec. 3.3 "flip"
+    aug_brightness: float = Field(default=0.2, ge=0)  # Algorithm 1 "brightness"
+    aug_contrast: float = Field(default=0.2, ge=0)  # Algorithm 1 "contrast"
+
+    @model_validator(mode="after")
+    def _arch_defaults(self) -> ICSConfig:
+        for key, value in ARCH_DEFAULTS[self.arch].items():
+            if getattr(self, key) is None:
+                self.__dict__[key] = type(value)(value)  # bypass validate_assignment (no re-entry)
+        return self
+
+
+class ICS(Method):
+    """Convolutional autoencoder + DEC layer + balance and triplet constraints."""
+
+    name = "ics"
+    Config = ICSConfig
+    extra_metrics: ClassVar[tuple[str, ...]] = (*(f"loss_{t}" for t in TERMS), "neg_found_rate")
+    smoke_overrides: ClassVar[dict[str, Any]] = {"pretrain_epochs": 1, "n_aug_neg": 4}
+    cfg: ICSConfig
+
+    def __init__(self, cfg: ICSConfig, data: Dataset, device: torch.device, epochs: int) -> None:
+        super().__init__(cfg, data, device, epochs)
+        if not data.is_image:
+            raise ValueError("ics needs image data (N, C, H, W); got vectors")
+        self.x = data.x.to(device)
+        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+        self.net = ConvAutoencoder(data.channels, data.image_size, cfg.latent_dim, cfg.arch).to(device)
+        self.centers = torch.nn.Parameter(torch.zeros(data.num_classes, cfg.latent_dim, device=device))
+        self.opt = torch.optim.Adam([*self.net.parameters(), self.centers], lr=cfg.lr)
+        self.phase = 0
+        self.joint_steps = 0
+        self.target: torch.Tensor | None = None  # (N, K) DEC target P
+        self.bank: torch.Tensor | None = None  # (N, d) codes for negative mining
+        n_pix = data.channels * data.image_size**2
+        self.eval_batch = max(256, 2**21 // n_pix)
+
+    # helpers ------------------------------------------------------------------------------------------
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        c, g = self.cfg, self.generator
+        if c.aug_rotation > 0:
+            x = augment.random_rotation(x, degrees=c.aug_rotation, generator=g)
+        if c.aug_scale > 0:
+            x = augment.random_scale(x, scale=(1 - c.aug_scale, 1 + c.aug_scale), generator=g)
+        if c.aug_flip > 0:
+            x = augment.horizontal_flip(x, p=c.aug_flip, generator=g)
+        if c.aug_brightness > 0 or c.aug_contrast > 0:
+            x = augment.color_jitter(x, brightness=c.aug_brightness, contrast=c.aug_contrast, generator=g)
+        if c.aug_erasing > 0:
+            x = augment.random_erasing(x, p=c.aug_erasing, generator=g)
+        return x
+
+    @torch.no_grad()
+    def _encode_all(self) -> torch.Tensor:
+        self.net.eval()
+        z = torch.cat([self.net.encode(self._norm(x)) for x in self.x.split(self.eval_batch)])
+        self.net.train()
+        return z
+
+    @torch.no_grad()
+    def _init_clusters(self) -> None:
+        z = self._encode_all()
+        _, centers = kmeans_fit(z.cpu().numpy(), self.data.num_classes, self.cfg.kmeans_n_init, self.cfg.seed)
+        self.centers.copy_(torch.from_numpy(centers).to(self.device))
+        self.phase = 1
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        """Recompute the code bank and DEC's target P over the whole dataset."""
+        self.bank = self._encode_all()
+        self.target = target_distribution(soft_assign(self.bank, self.centers))
+
+    def _batches(self) -> list[torch.Tensor]:
+        return [b for b in self.permutation(len(self.x)).split(self.cfg.batch_size) if len(b) > 1]
+
+    # training -----------------------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        self.net.train()
+        joint = self.epoch >= self.cfg.pretrain_epochs
+        if joint and self.phase == 0:
+            self._init_clusters()
+        every = self.cfg.target_update_every
+        if joint and every == 0:
+            self._refresh()
+        sums: dict[str, torch.Tensor] = {}
+        batches = self._batches()
+        for idx in batches:
+            if joint and every and self.joint_steps % every == 0:
+                self._refresh()
+            terms = self._joint_step(idx) if joint else self._pretrain_step(idx)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach()
+            self.steps += 1
+            self.images_seen += len(idx)
+        means = {k: float(v) / len(batches) for k, v in sums.items()}
+        bad = {k: v for k, v in means.items() if not np.isfinite(v)}
+        if bad:
+            raise NonFiniteLossError(f"ics: non-finite {bad} in epoch {self.epoch} (phase {self.phase})")
+        return means
+
+    def _pretrain_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self._norm(self.x[idx])
+        loss_r = reconstruction_loss(self.net.decode(self.net.encode(x)), x)
+        self._descend(loss_r)
+        zero = torch.zeros((), device=self.device)
+        return {"loss": loss_r, "loss_r": loss_r, "loss_c": zero, "loss_b": zero, "loss_t": zero}
+
+    def _joint_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        c, x = self.cfg, self.x[idx]
+        zero = torch.zeros((), device=self.device)
+        out = {f"loss_{t}": zero for t in TERMS}
+        if c.omega > 0:
+            x_pos, x_neg, found = self._triplet_images(x, idx)
+            z, z_pos, z_neg = self.net.encode(self._norm(torch.cat([x, x_pos, x_neg]))).split(len(idx))
+            out["neg_found_rate"] = found.float().mean()
+        else:
+            z = self.net.encode(self._norm(x))
+        if c.alpha > 0:
+            out["loss_r"] = reconstruction_loss(self.net.decode(z), self._norm(x))
+        if c.beta > 0 or c.gamma > 0:
+            q = soft_assign(z, self.centers)
+            if c.beta > 0:
+                out["loss_c"] = kl_divergence(self.target[idx], q)
+            if c.gamma > 0:
+                out["loss_b"] = balance_loss(q, c.reduction).total
+        if c.omega > 0:
+            out["loss_t"] = triplet_loss(z, z_pos, z_neg, c.margin, c.reduction).total
+        # the one combining point: an ablated term has weight 0 and was not computed above
+        loss = (
+            c.alpha * out["loss_r"]
+            + c.beta * out["loss_c"]
+            + c.gamma * out["loss_b"]
+            + c.omega * out["loss_t"]
+        )
+        self._descend(loss)
+        self.joint_steps += 1
+        return {"loss": loss, **out}
+
+    @torch.no_grad()
+    def _triplet_images(
+        self, x: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Positive (one of ``n_aug_neg`` augmentations) and negative (Algorithm 1) images of the anchors."""
+        b, a = len(idx), self.cfg.n_aug_neg
+        augs = self._augment(x.repeat_interleave(a, dim=0))
+        self.net.eval()
+        z_anchor = self.net.encode(self._norm(x))
+        z_augs = self.net.encode(self._norm(augs)).view(b, a, -1)
+        self.net.train()
+        sel = select_negatives(
+            z_anchor, z_augs, self.bank, tries=self.cfg.neg_tries, generator=self.generator, anchor_index=idx
+        )
+        pick = torch.randint(a, (b,), generator=self.generator, device=self.device)
+        x_pos = augs.view(b, a, *x.shape[1:])[torch.arange(b, device=self.device), pick]
+        return x_pos, self.x[sel.index], sel.found
+
+    def _descend(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+            self.opt.step()
+
+    # evaluation, state --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> Evaluation:
+        """Codes of the whole dataset; after pre-training also argmax q (before: the spine's k-means)."""
+        z = self._encode_all()
+        assignment = soft_assign(z, self.centers).argmax(dim=1).cpu().numpy() if self.phase else None
+        return Evaluation(embedding=z.cpu().numpy().astype(np.float32), assignment=assignment)
+
+    def progress(self) -> dict[str, float]:
+        return {"phase": float(self.phase)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **self.base_state(),
+            "net": self.net.state_dict(),
+            "centers": self.centers.detach().clone(),
+            "opt": self.opt.state_dict(),
+            "phase": self.phase,
+            "joint_steps": self.joint_steps,
+            "target": self.target,
+            "bank": self.bank,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_base_state(state)
+        self.net.load_state_dict(state["net"])
+        with torch.no_grad():
+            self.centers.copy_(state["centers"].to(self.device))
+        self.opt.load_state_dict(state["opt"])
+        self.phase = int(state["phase"])
+        self.joint_steps = int(state["joint_steps"])
+        self.target, self.bank = (
+            None if t is None else t.to(self.device) for t in (state["target"], state["bank"])
+        )
