@@ -1,0 +1,136 @@
+"""DCCS (Zhao et al., ECCV 2020), Table 5: ACC, NMI and ARI of the loss ablation arms M1-M4, per dataset.
+
+Usage: python analysis/dccs_ablation.py <sweep_dir> [<sweep_dir> ...] [--out DIR]
+(e.g. runs/dccs_ablation runs/dccs_ablation_fmnist: the CIFAR-10 and Fashion-MNIST halves).
+Writes table5_ablation.md/.csv/.tex (per arm: which losses are on, then mean ± std over seeds of ACC/NMI/ARI per
+dataset, and the paper's values where it has the dataset), table4_assignment.md/.csv/.tex (argmax zc vs k-means
+on z, zc, zs per arm and dataset, as the paper's Table 4) and fig_ablation.png (ACC per arm, a bar per dataset).
+Values at the last evaluation: no selection by labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from tuneclust.report import ablation_table, load_results, load_spec_dict, summarize, write_table
+
+ARM_ORDER = ["M1", "M2", "M3", "M4"]
+METRICS = ("final.acc", "final.nmi", "final.ari")
+PAPER = {  # Table 5: (ACC, NMI, ARI)
+    "fmnist": {
+        "M1": (0.618, 0.551, 0.435),
+        "M2": (0.692, 0.621, 0.532),
+        "M3": (0.725, 0.694, 0.605),
+        "M4": (0.756, 0.704, 0.623),
+    },
+    "cifar10": {
+        "M1": (0.213, 0.076, 0.040),
+        "M2": (0.225, 0.085, 0.048),
+        "M3": (0.645, 0.557, 0.463),
+        "M4": (0.656, 0.569, 0.469),
+    },
+}
+VIEWS = {
+    "argmax zc": "final.acc",
+    "k-means z": "final.kmeans_z_acc",
+    "k-means zc": "final.kmeans_zc_acc",
+    "k-means zs": "final.kmeans_zs_acc",
+}
+
+
+def load(sweep_dirs: list[str]) -> pd.DataFrame:
+    """Finished trials with an ACC from every folder, with a ``dataset`` column."""
+    frames = []
+    for d in sweep_dirs:
+        trials, _ = load_results(d)
+        spec_name = (load_spec_dict(d).get("data") or {}).get("name") or Path(d).name
+        if "data.name" not in trials:
+            trials["data.name"] = spec_name
+        frames.append(trials.assign(dataset=trials["data.name"].fillna(spec_name)))
+    df = pd.concat(frames, ignore_index=True)
+    done = df[df["status"] == "TERMINATED"] if "status" in df else df
+    return done[done["final.acc"].notna()] if "final.acc" in done else done.iloc[0:0]
+
+
+def _ranked(df: pd.DataFrame, col: str = "arm") -> pd.DataFrame:
+    rank = {a: i for i, a in enumerate(ARM_ORDER)}
+    return df.sort_values(col, key=lambda c: c.map(lambda a: rank.get(a, len(rank)))).reset_index(drop=True)
+
+
+def losses_on(done: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: which of L_Adv, L_MI, L_Aug are switched on (from the trials' resolved config)."""
+    cols = {"config.adv": "L_Adv", "config.mi": "L_MI", "config.aug": "L_Aug"}
+    have = [c for c in cols if c in done]
+    on = done.groupby("arm", sort=False)[have].first().astype(bool).replace({True: "x", False: ""})
+    return on.rename(columns=cols).reset_index()
+
+
+def table5(done: pd.DataFrame) -> pd.DataFrame:
+    """Arms x (losses on, then ACC/NMI/ARI mean ± std per dataset, and the paper's numbers)."""
+    out = losses_on(done)
+    for name, sub in done.groupby("dataset", sort=True):
+        t = ablation_table(sub, [m for m in METRICS if m in sub], arm_order=ARM_ORDER).drop(columns="trials")
+        t = t.rename(columns={m: f"{name} {m.removeprefix('final.').upper()}" for m in METRICS})
+        out = out.merge(t, on="arm", how="left")
+        paper = PAPER.get(str(name), {})
+        for i, m in enumerate(("ACC", "NMI", "ARI") if paper else ()):
+            out[f"{name} {m} (paper)"] = [paper[a][i] if a in paper else None for a in out["arm"]]
+    return _ranked(out)
+
+
+def table4(done: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and dataset: ACC of argmax zc and of k-means on z, zc, zs (mean over seeds)."""
+    rows = []
+    for (name, arm), sub in done.groupby(["dataset", "arm"], sort=True):
+        row = {"dataset": name, "arm": arm}
+        row.update({view: round(float(sub[col].mean()), 4) for view, col in VIEWS.items() if col in sub})
+        rows.append(row)
+    return _ranked(pd.DataFrame(rows)).sort_values("dataset", kind="stable").reset_index(drop=True)
+
+
+def plot(done: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars: mean ± std ACC per arm, one bar per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted(done["dataset"].unique())
+    arms = _ranked(pd.DataFrame({"arm": done["arm"].unique()}))["arm"].tolist()
+    width = 0.8 / len(datasets)
+    fig, ax = plt.subplots(figsize=(1.2 * len(arms) + 2.5, 3.6))
+    for j, name in enumerate(datasets):
+        s = summarize(done[done["dataset"] == name], ["arm"], "final.acc").set_index("arm").reindex(arms)
+        xs = [i + (j - (len(datasets) - 1) / 2) * width for i in range(len(arms))]
+        ax.bar(xs, s["mean"], width, yerr=s["std"].fillna(0), capsize=3, label=name, alpha=0.85)
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set(ylabel="ACC (last evaluation)", ylim=(0, 1), title="DCCS Table 5: loss ablation")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sweep_dir", nargs="+")
+    p.add_argument("--out", help="default: <first sweep_dir>/analysis")
+    args = p.parse_args(argv)
+    out = Path(args.out or Path(args.sweep_dir[0]) / "analysis")
+    out.mkdir(parents=True, exist_ok=True)
+    done = load(args.sweep_dir)
+    if done.empty:
+        raise SystemExit(f"{args.sweep_dir}: no finished trial with final.acc")
+    written = [plot(done, out / "fig_ablation.png")]
+    written += write_table(table5(done), out / "table5_ablation")
+    return written + write_table(table4(done), out / "table4_assignment")
+
+
+if __name__ == "__main__":
+    for path in main():
+        print(path)
