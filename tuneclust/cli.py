@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="where plots and tables go (default: SWEEP_DIR/report)")
     r.add_argument("--top", type=int, default=20, help="rows of the ranking to print")
 
-    sub.add_parser("list", help="methods, datasets, searchers, schedulers, metrics")
+    ls = sub.add_parser("list", help="methods, datasets, searchers, schedulers, metrics")
+    ls.add_argument("--keys", metavar="METHOD", nargs="?", const="all",
+                    help="print the config keys of METHOD (or all) as Markdown tables: type, default, meaning")  # fmt: skip
 
     f = sub.add_parser("features", help="extract ImageNet ResNet50 features of a dataset into an .npz (for CDC)",
                        add_help=False)  # fmt: skip
@@ -192,12 +194,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_reference(method: str) -> str:
+    """A Markdown table of a method's config keys: type, default and the documented reason."""
+    from tuneclust.methods import get_method
+
+    cls = get_method(method)
+    rows = [f"### `{method}` ({cls.__name__})", "", "| key | type | default | meaning (source) |", "|---|---|---|---|"]
+    for name, f in cls.Config.model_fields.items():
+        kind = str(f.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("|", "\\|")
+        desc = " ".join((f.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `{name}` | {kind} | `{f.default!r}` | {desc} |")
+    return "\n".join(rows) + "\n"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from tuneclust import metrics
     from tuneclust.data.registry import DATASETS
     from tuneclust.methods import METHODS, get_method
     from tuneclust.spec import DISTRIBUTIONS, SCHEDULERS, SEARCHERS
 
+    if args.keys:
+        if args.keys != "all" and args.keys not in METHODS:
+            return _fail(f"--keys: unknown method {args.keys!r}; expected one of {sorted(METHODS)}")
+        print("\n".join(config_reference(m) for m in (METHODS if args.keys == "all" else [args.keys])))
+        return 0
     print("methods:")
     for name in METHODS:
         try:

@@ -23,7 +23,7 @@ from tuneclust.data.registry import Dataset
 class MethodConfig(BaseModel):
     """Keys shared by every method. Subclasses add their own, each default with its source."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
     seed: int = 0
     """Seeds torch, numpy, python, data order and augmentation of the trial. May be a grid dimension."""
