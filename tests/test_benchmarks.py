@@ -1,0 +1,55 @@
+"""benchmarks/throughput.py end to end at its smallest: both paths train and report a positive images/s.
+
+CPU-only, offline, a few seconds."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    """The script as a module named ``throughput`` (benchmarks/ is not a package)."""
+    sys.path.insert(0, str(SCRIPT.parent))  # lets spawn/forkserver DataLoader workers import it too
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["throughput"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("throughput", None)
+    sys.path.remove(str(SCRIPT.parent))
+
+
+@pytest.fixture
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("_restore_threads")
+def test_both_paths_report_positive_throughput(throughput) -> None:
+    before = throughput.RESULTS_MD.read_text() if throughput.RESULTS_MD.exists() else None
+    argv = ["--data", "digits", "--backbone", "convnet", "--epochs", "1", "--max-steps", "2"]
+    results = throughput.main([*argv, "--device", "cpu", "--workers", "1", "--threads", "1"])
+    assert [r.path for r in results] == ["tuneclust", "reference"]
+    for r in results:
+        assert r.images == 2 * 128  # one timed epoch of two full batches, the same on both paths
+        assert math.isfinite(r.images_per_s) and r.images_per_s > 0
+    after = throughput.RESULTS_MD.read_text() if throughput.RESULTS_MD.exists() else None
+    assert after == before  # no --record: nothing written
+
+
+def test_epoch_size_matches_idfd_batches(throughput) -> None:
+    assert throughput.epoch_size(1797, 128, None) == 1797
+    assert throughput.epoch_size(1797, 128, 2) == 256
+    assert throughput.epoch_size(257, 128, None) == 256  # a trailing batch of one is dropped, as IDFD does
+    assert throughput.epoch_size(200, 128, 5) == 200
