@@ -1,0 +1,157 @@
+"""CDC Table 2, Fig. 5 and Fig. 4 (Trinh & Pham, Sec. 4.2, 4.4): the default model over random trials (seeds).
+
+Takes one or more sweep folders (one per dataset, e.g. cdc_seeds and cdc_seeds_cifar10) and writes:
+- ``table2``: per dataset, mean and median ACC (NMI) in % of the trials' last evaluation (no selection by
+  labels), std/min/max, the number of seeds, and the same for the pre-trained AE* (the evaluation at the phase
+  boundary: phase 1, finetune_iter 0); ``table2_paper``: the paper's CDC rows;
+- ``per_seed``: every trial's pre-trained and final ACC/NMI;
+- ``fig5_acc_per_seed.png``: box plot of final ACC over seeds per dataset, each seed a dot (the paper's Fig. 5
+  plots ACC per trial);
+- ``fig4_finetune_acc.png``: ACC against fine-tuning iterations, one thin line per seed and the mean (Fig. 4).
+
+Usage: python analysis/cdc_seeds.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR]  (default: first SWEEP_DIR/analysis)
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tuneclust.report import load_results, load_spec_dict, write_table
+
+PAPER = pd.DataFrame(  # Table 2, CDC rows: ACC (NMI) in %
+    {
+        "statistic": ["mean", "median"],
+        "Reuters-10K": ["82.6 (60.7)", "83.9 (61.9)"],
+        "Fashion-MNIST": ["64.9 (64.5)", "66.0 (64.6)"],
+        "STL-10": ["96.3 (91.8)", "96.5 (92.0)"],
+        "CIFAR-10": ["79.2 (68.5)", "79.7 (68.6)"],
+    }
+)
+
+
+def dataset_name(sweep_dir: Path) -> str:
+    """The spec's data.name; for npz feature files, the file's stem (e.g. cifar10_r50)."""
+    data = load_spec_dict(sweep_dir).get("data") or {}
+    name = data.get("name", sweep_dir.name)
+    return Path(data["root"]).stem if name == "npz" and data.get("root") else name
+
+
+def per_seed(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per finished trial with pre-trained and final ACC/NMI, its fine-tuning evaluations)."""
+    trials, epochs = load_results(sweep_dir)
+    trials = trials[trials["final.acc"].notna()] if "final.acc" in trials else trials.iloc[0:0]
+    df = trials[["trial_id", "config.seed", "final.acc", "final.nmi"]].copy()
+    ft = pd.DataFrame(columns=["trial_id", "finetune_iter", "acc"])
+    if not epochs.empty and {"phase", "finetune_iter"} <= set(epochs.columns):
+        ft = epochs[epochs["phase"] == 1].sort_values(["trial_id", "epoch"])
+        pre = ft[ft["finetune_iter"] == 0].groupby("trial_id", as_index=False).first()
+        df = df.merge(
+            pre[["trial_id", "acc", "nmi"]].rename(columns={"acc": "pre.acc", "nmi": "pre.nmi"}), "left"
+        )
+    df.insert(0, "dataset", dataset_name(sweep_dir))
+    return df.rename(columns={"config.seed": "seed"}), ft.assign(dataset=dataset_name(sweep_dir))
+
+
+def _fmt(acc: pd.Series, nmi: pd.Series, how: str) -> str:
+    if acc.isna().all():
+        return "-"
+    return f"{100 * getattr(acc, how)():.1f} ({100 * getattr(nmi, how)():.1f})"
+
+
+def table2(seeds: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for name, g in seeds.groupby("dataset", sort=False):
+        acc, nmi = g["final.acc"], g["final.nmi"]
+        pre_acc, pre_nmi = g.get("pre.acc", pd.Series(dtype=float)), g.get("pre.nmi", pd.Series(dtype=float))
+        rows.append(
+            {
+                "dataset": name,
+                "seeds": len(g),
+                "mean ACC (NMI) %": _fmt(acc, nmi, "mean"),
+                "median ACC (NMI) %": _fmt(acc, nmi, "median"),
+                "ACC std %": round(100 * acc.std(), 2) if len(g) > 1 else float("nan"),
+                "ACC min-max %": f"{100 * acc.min():.1f}-{100 * acc.max():.1f}",
+                "AE* mean ACC (NMI) %": _fmt(pre_acc, pre_nmi, "mean"),
+                "AE* median ACC (NMI) %": _fmt(pre_acc, pre_nmi, "median"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fig5(seeds: pd.DataFrame, path: Path) -> Path:
+    plt = _plt()
+    names = list(dict.fromkeys(seeds["dataset"]))
+    data = [100 * seeds.loc[seeds["dataset"] == n, "final.acc"].to_numpy() for n in names]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.8))
+    ax.boxplot(data, showmeans=True, showfliers=False)  # every seed is drawn as a dot below
+    ax.set_xticks(range(1, len(names) + 1), names)
+    rng = np.random.default_rng(0)
+    for i, d in enumerate(data, start=1):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(d)), d, s=14, alpha=0.7, zorder=3)
+    ax.set_ylabel("final ACC (%)")
+    ax.set_title("CDC: ACC over random trials (seeds)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig4(ft: pd.DataFrame, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, (name, g) in enumerate(ft.groupby("dataset", sort=False)):
+        color = f"C{i}"
+        for _, t in g.groupby("trial_id"):
+            ax.plot(t["finetune_iter"], 100 * t["acc"], color=color, alpha=0.25, lw=0.8)
+        mean = g.groupby("finetune_iter")["acc"].mean()
+        ax.plot(mean.index, 100 * mean.to_numpy(), color=color, lw=2, marker="o", ms=3, label=name)
+    ax.set_xlabel("fine-tuning iteration")
+    ax.set_ylabel("ACC (%)")
+    ax.set_title("CDC: ACC during fine-tuning (thin: seeds, thick: mean)")
+    if len(ft):
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def study(sweep_dirs: list[Path], out: Path) -> list[Path]:
+    parts = [per_seed(d) for d in sweep_dirs]
+    seeds = pd.concat([p[0] for p in parts], ignore_index=True)
+    ft = pd.concat([p[1] for p in parts], ignore_index=True)
+    if seeds.empty:
+        raise SystemExit("no trial with a final ACC")
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_table(table2(seeds), out / "table2")
+    written += write_table(PAPER, out / "table2_paper")
+    written += write_table(seeds.sort_values(["dataset", "seed"]), out / "per_seed")
+    return [*written, fig5(seeds, out / "fig5_acc_per_seed.png"), fig4(ft, out / "fig4_finetune_acc.png")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sweep_dirs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: first SWEEP_DIR/analysis)")
+    args = p.parse_args(argv)
+    for path in study(args.sweep_dirs, args.out or args.sweep_dirs[0] / "analysis"):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
