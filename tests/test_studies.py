@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import mlflow
 import pandas as pd
 import pytest
 from conftest import ROOT, SPECS
@@ -36,10 +37,19 @@ def test_study_smoke_run(path, ray_session, tmp_path, mlflow_uri):
     assert trials["final.acc"].notna().all()
     if spec.ablation:
         assert set(trials["arm"]) == set(spec.ablation)
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name(spec.tracking.mlflow.experiment or spec.name)
+    runs = client.search_runs([exp.experiment_id])
+    children = {r.data.tags["tuneclust.trial_id"] for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert children == set(trials["trial_id"]), "one MLflow child run per trial"
     script = ROOT / "analysis" / f"{path.stem}.py"
     if script.exists():  # the paper's figure/table is redrawn from the smoke run's tables
         out = tmp_path / "analysis-out"
-        r = subprocess.run([sys.executable, str(script), str(tmp_path / spec.name), "--out", str(out)],
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / spec.name), "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         assert any(out.iterdir()), f"{script.name} wrote nothing"

@@ -60,8 +60,20 @@ scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     assert (bad["status"] == "ERROR").all() and bad["error"].str.contains("non-finite").all()
     assert (good["status"] == "TERMINATED").all() and good["error"].isna().all()
     assert set(trials["arm"]) == {"ID", "IDFD"} and set(trials["config.seed"]) == {0, 1}
-    assert good["final.acc"].between(0.1, 1).all() and (good["final.acc"] <= good["best_label_selected.acc"]).all()
-    assert {"acc", "nmi", "ari", "silhouette", "calinski_harabasz", "davies_bouldin", "images_per_s", "loss"} <= set(epochs)
+    assert (
+        good["final.acc"].between(0.1, 1).all()
+        and (good["final.acc"] <= good["best_label_selected.acc"]).all()
+    )
+    assert {
+        "acc",
+        "nmi",
+        "ari",
+        "silhouette",
+        "calinski_harabasz",
+        "davies_bouldin",
+        "images_per_s",
+        "loss",
+    } <= set(epochs)
     assert (epochs.groupby("trial_id")["epoch"].max() <= 2).all()
     children, client = child_runs(mlflow_uri, "s")
     assert len(children) == 8
@@ -148,7 +160,9 @@ max_concurrent: 1
     out = tmp_path / "runs" / "k"
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     cmd = [sys.executable, "-m", "tuneclust", "sweep", str(p), "--quiet"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while _rows(out / "trials.parquet") < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -164,6 +178,8 @@ max_concurrent: 1
     assert len(after) == 5 and after["trial_id"].is_unique and (after["status"] == "TERMINATED").all()
     kept = after.set_index("trial_id").loc[before["trial_id"], "wall_time_s"]
     assert (kept.values == before["wall_time_s"].values).all(), "a finished trial was run again"
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert (epochs.groupby("trial_id")["epoch"].apply(sorted).map(tuple) == (1, 2, 3)).all()
     children, client = child_runs(mlflow_uri, "k")
     assert len(children) == 5
     for run in children:

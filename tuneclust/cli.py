@@ -35,12 +35,20 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run a study on Ray Tune")
     s.add_argument("spec", help="the study's YAML file")
     add_set(s)
-    s.add_argument("--storage", help="results root (default: the spec's storage, ./runs); results go to STORAGE/NAME")
+    s.add_argument(
+        "--storage", help="results root (default: the spec's storage, ./runs); results go to STORAGE/NAME"
+    )
     s.add_argument("--smoke", action="store_true", help="run it on the bundled digits: <=2 epochs, one value per "
                    "search dimension, every arm, CPU only (results under NAME-smoke)")  # fmt: skip
-    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
-    s.add_argument("--overwrite", action="store_true", help="delete earlier results of this sweep and start over")
-    s.add_argument("--address", help="Ray cluster address (e.g. 'auto' on a `ray up` head node); default: local Ray")
+    s.add_argument(
+        "--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept"
+    )
+    s.add_argument(
+        "--overwrite", action="store_true", help="delete earlier results of this sweep and start over"
+    )
+    s.add_argument(
+        "--address", help="Ray cluster address (e.g. 'auto' on a `ray up` head node); default: local Ray"
+    )
     s.add_argument("--quiet", action="store_true", help="less Ray progress output")
 
     v = sub.add_parser("validate", help="parse and check specs, print the trial count of each; runs nothing")
@@ -52,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("spec")
     add_set(t)
     t.add_argument("--arm", help="ablation arm to run (default: the first)")
-    t.add_argument("--smoke", action="store_true", help="apply the --smoke reductions (digits, <=2 epochs, CPU)")
+    t.add_argument(
+        "--smoke", action="store_true", help="apply the --smoke reductions (digits, <=2 epochs, CPU)"
+    )
     t.add_argument("--device", default="auto", help="auto (a GPU if there is one) | cpu | cuda | cuda:N")
 
     r = sub.add_parser("report", help="rank trials, plot metrics against parameters, tabulate arms")
@@ -140,7 +150,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _fail(str(e))
     out = sweep_dir(spec, args.storage)
     statuses = [r.error is None for r in results]
-    print(f"\n{spec.name}: {sum(statuses)} of {len(statuses)} trials finished, {statuses.count(False)} errored")
+    print(
+        f"\n{spec.name}: {sum(statuses)} of {len(statuses)} trials finished, {statuses.count(False)} errored"
+    )
     print(f"results: {out}/trials.parquet, {out}/epochs.parquet")
     try:
         print(report.ranking_text(out, top=10))
@@ -199,9 +211,20 @@ def config_reference(method: str) -> str:
     from tuneclust.methods import get_method
 
     cls = get_method(method)
-    rows = [f"### `{method}` ({cls.__name__})", "", "| key | type | default | meaning (source) |", "|---|---|---|---|"]
+    rows = [
+        f"### `{method}` ({cls.__name__})",
+        "",
+        "| key | type | default | meaning (source) |",
+        "|---|---|---|---|",
+    ]
     for name, f in cls.Config.model_fields.items():
-        kind = str(f.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("|", "\\|")
+        kind = (
+            str(f.annotation)
+            .replace("typing.", "")
+            .replace("<class '", "")
+            .replace("'>", "")
+            .replace("|", "\\|")
+        )
         desc = " ".join((f.description or "").split()).replace("|", "\\|")
         rows.append(f"| `{name}` | {kind} | `{f.default!r}` | {desc} |")
     return "\n".join(rows) + "\n"
@@ -230,5 +253,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"searchers: {', '.join(SEARCHERS)}")
     print(f"schedulers: {', '.join(SCHEDULERS)}")
     print(f"search distributions: {', '.join(DISTRIBUTIONS)}")
-    print(f"metrics: {', '.join(metrics.LABELLED + metrics.LABEL_FREE)}, loss, and each method's extra metrics")
+    print(
+        f"metrics: {', '.join(metrics.LABELLED + metrics.LABEL_FREE)}, loss, and each method's extra metrics"
+    )
     return 0

@@ -289,7 +289,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SpecError(source, "", f"malformed YAML: {where}{problem}") from None
     if not isinstance(raw, dict):
-        raise SpecError(source, "", f"expected a mapping of spec keys at the top level, got {type(raw).__name__}")
+        raise SpecError(
+            source, "", f"expected a mapping of spec keys at the top level, got {type(raw).__name__}"
+        )
     for item in overrides or []:
         apply_override(raw, item, source)
     return validate_spec(raw, source)
@@ -328,7 +330,11 @@ def validate_spec(raw: dict[str, Any], source: str = "<spec>") -> Spec:
 def _first_error(e: ValidationError) -> tuple[str, str]:
     errs = e.errors()
     err = errs[0]
-    loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("fifo", "asha", "hyperband", "median", "pbt"))]
+    loc = [
+        str(p)
+        for p in err["loc"]
+        if not (isinstance(p, str) and p in ("fifo", "asha", "hyperband", "median", "pbt"))
+    ]
     field = ".".join(loc)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
@@ -346,9 +352,13 @@ def _check_semantics(spec: Spec, source: str) -> None:
     from tuneclust.methods import METHODS, get_method
 
     if spec.method not in METHODS:
-        raise SpecError(source, "method", f"unknown method {spec.method!r}; expected one of {sorted(METHODS)}")
+        raise SpecError(
+            source, "method", f"unknown method {spec.method!r}; expected one of {sorted(METHODS)}"
+        )
     if spec.data.name not in DATASETS:
-        raise SpecError(source, "data.name", f"unknown dataset {spec.data.name!r}; expected one of {sorted(DATASETS)}")
+        raise SpecError(
+            source, "data.name", f"unknown dataset {spec.data.name!r}; expected one of {sorted(DATASETS)}"
+        )
     method = get_method(spec.method)
     fields = method.Config.model_fields
     data_fields = DataConfig.model_fields
@@ -362,31 +372,43 @@ def _check_semantics(spec: Spec, source: str) -> None:
 
     for key in spec.config:
         if key not in fields:
-            raise SpecError(source, f"config.{key}", f"unknown {spec.method} config key; expected one of {sorted(fields)}")
+            raise SpecError(
+                source, f"config.{key}", f"unknown {spec.method} config key; expected one of {sorted(fields)}"
+            )
     check_cfg(spec.config, "config")
     for arm, over in spec.ablation.items():
         for key in over:
             if key not in fields:
                 raise SpecError(source, f"ablation.{arm}.{key}", f"unknown {spec.method} config key")
             if key in spec.search:
-                raise SpecError(source, f"ablation.{arm}.{key}", "also a search key: an arm must not fix a searched key")
+                raise SpecError(
+                    source, f"ablation.{arm}.{key}", "also a search key: an arm must not fix a searched key"
+                )
         check_cfg({**spec.config, **over}, f"ablation.{arm}")
     for key, dim in spec.search.items():
         field = f"search.{key}"
         if key.startswith("data."):
             sub = key[5:]
             if sub not in data_fields:
-                raise SpecError(source, field, f"unknown data field {sub!r}; expected one of {sorted(data_fields)}")
+                raise SpecError(
+                    source, field, f"unknown data field {sub!r}; expected one of {sorted(data_fields)}"
+                )
             for v in dim.probes():
                 try:
                     DataConfig.model_validate({**spec.data.model_dump(), sub: v})
                 except ValidationError as e:
                     raise SpecError(source, f"{field}.{dim.kind}", _first_error(e)[1]) from None
                 if sub == "name" and v not in DATASETS:
-                    raise SpecError(source, f"{field}.{dim.kind}", f"unknown dataset {v!r}; expected one of {sorted(DATASETS)}")
+                    raise SpecError(
+                        source,
+                        f"{field}.{dim.kind}",
+                        f"unknown dataset {v!r}; expected one of {sorted(DATASETS)}",
+                    )
             continue
         if key not in fields:
-            raise SpecError(source, field, f"unknown {spec.method} config key; expected one of {sorted(fields)}")
+            raise SpecError(
+                source, field, f"unknown {spec.method} config key; expected one of {sorted(fields)}"
+            )
         for v in dim.probes():
             try:
                 method.Config.model_validate({**spec.config, key: v})
@@ -394,10 +416,16 @@ def _check_semantics(spec: Spec, source: str) -> None:
                 raise SpecError(source, f"{field}.{dim.kind}", _first_error(e)[1]) from None
     if spec.searcher.type == "grid" and spec.sampled_dims():
         bad = next(iter(spec.sampled_dims()))
-        raise SpecError(source, f"search.{bad}", "searcher grid needs grid/choice values; use searcher random or optuna")
+        raise SpecError(
+            source, f"search.{bad}", "searcher grid needs grid/choice values; use searcher random or optuna"
+        )
     known = set(metrics.LABELLED + metrics.LABEL_FREE + method.extra_metrics) | {"loss"}
     if spec.objective.metric not in known:
-        raise SpecError(source, "objective.metric", f"unknown metric {spec.objective.metric!r}; expected one of {sorted(known)}")
+        raise SpecError(
+            source,
+            "objective.metric",
+            f"unknown metric {spec.objective.metric!r}; expected one of {sorted(known)}",
+        )
     sched = spec.scheduler
     if getattr(sched, "max_t", None) and sched.max_t > spec.budget.epochs and sched.time_attr == "epoch":
         raise SpecError(source, "scheduler.max_t", f"must be <= budget.epochs ({spec.budget.epochs})")
@@ -410,14 +438,22 @@ def _check_semantics(spec: Spec, source: str) -> None:
             if key not in spec.search:
                 raise SpecError(source, "scheduler.hyperparam_mutations", f"{key!r} is not a search key")
         if not (sched.hyperparam_mutations or spec.sampled_dims()):
-            raise SpecError(source, "scheduler.hyperparam_mutations", "pbt needs at least one non-grid search dimension to mutate")
+            raise SpecError(
+                source,
+                "scheduler.hyperparam_mutations",
+                "pbt needs at least one non-grid search dimension to mutate",
+            )
     if spec.resources.gpu > 1 and spec.resources.gpu != int(spec.resources.gpu):
-        raise SpecError(source, "resources.gpu", "a fraction must be below 1 (several trials per GPU), else a whole number")
+        raise SpecError(
+            source,
+            "resources.gpu",
+            "a fraction must be below 1 (several trials per GPU), else a whole number",
+        )
     try:
         from tuneclust.data.registry import check_data
     except ImportError:  # pragma: no cover - the registry always provides it
         return
-    for v in (spec.search["data.name"].probes() if "data.name" in spec.search else [spec.data.name]):
+    for v in spec.search["data.name"].probes() if "data.name" in spec.search else [spec.data.name]:
         try:
             check_data(DataConfig.model_validate({**spec.data.model_dump(), "name": v}))
         except ValueError as e:
@@ -432,6 +468,8 @@ def smoke_spec(spec: Spec) -> Spec:
     method = get_method(spec.method)
     raw = spec.model_dump(mode="json")
     raw["name"] = f"{spec.name}-smoke"
+    if spec.tracking.mlflow.experiment:  # keep smoke runs out of the real study's MLflow experiment
+        raw["tracking"]["mlflow"]["experiment"] = f"{spec.tracking.mlflow.experiment}-smoke"
     raw["data"] = {
         "name": "digits",
         "subsample": 600,
@@ -442,7 +480,11 @@ def smoke_spec(spec: Spec) -> Spec:
     raw["config"] = {**spec.config, **method.smoke_overrides}
     keep_sampled = spec.scheduler.type == "pbt"  # PBT mutates the sampled dimensions: keep their ranges
     raw["search"] = {
-        k: (d.model_dump(exclude_none=True) if keep_sampled and not d.is_finite() else {"grid": [d.representative()]})
+        k: (
+            d.model_dump(exclude_none=True)
+            if keep_sampled and not d.is_finite()
+            else {"grid": [d.representative()]}
+        )
         for k, d in spec.search.items()
         if k not in ("data.name", "data.root", "data.image_size", "data.num_classes")
     }

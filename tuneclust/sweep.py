@@ -205,7 +205,9 @@ class TrackingCallback(tune.Callback):
         return state
 
     def setup(self, **info: Any) -> None:
-        resume = (self.sweep_dir / tracking.TRIALS_FILE).exists() or (self.sweep_dir / tracking.MLFLOW_STATE).exists()
+        resume = (self.sweep_dir / tracking.TRIALS_FILE).exists() or (
+            self.sweep_dir / tracking.MLFLOW_STATE
+        ).exists()
         self._live = {"tables": tracking.ResultTables(self.sweep_dir, resume), "idents": {}, "last": {}}
         if self.mlflow_uri:
             spec = self.spec
@@ -238,8 +240,16 @@ class TrackingCallback(tune.Callback):
         if mlf is not None:
             seed = ident.get("config.seed", "")
             point = {k: v for k, v in trial.config.items() if k != "arm"}
-            name = "_".join([ident["arm"]] * bool(ident["arm"]) + [f"{k}={v}" for k, v in point.items()]) or trial.trial_id
-            tags = {"method": self.spec.method, "dataset": ident["data.name"], "arm": ident["arm"], "seed": seed}
+            name = (
+                "_".join([ident["arm"]] * bool(ident["arm"]) + [f"{k}={v}" for k, v in point.items()])
+                or trial.trial_id
+            )
+            tags = {
+                "method": self.spec.method,
+                "dataset": ident["data.name"],
+                "arm": ident["arm"],
+                "seed": seed,
+            }
             mlf.start_trial(trial.trial_id, name[:250], ident, tags)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -253,11 +263,14 @@ class TrackingCallback(tune.Callback):
         self.tables.add_eval(trial.trial_id, {"arm": ident["arm"], **ident}, values)
         mlf = self._live.get("mlflow")
         if mlf is not None:
-            mlf.log_metrics(trial.trial_id, values, step=int(values.get("epoch", result.get("training_iteration", 0))))
+            mlf.log_metrics(
+                trial.trial_id, values, step=int(values.get("epoch", result.get("training_iteration", 0)))
+            )
 
     def _finish(self, trial: Any, status: str, error: str | None) -> None:
         ident = self._ident(trial)
-        wall = float(self._live["last"].get(trial.trial_id, {}).get("time_total_s", 0.0))
+        last = self._live["last"].get(trial.trial_id)
+        wall = float(last.get("time_total_s", 0.0)) if last else None
         self.tables.finish(trial.trial_id, ident, status, error, wall)
         mlf = self._live.get("mlflow")
         if mlf is not None:
@@ -311,14 +324,16 @@ def run_sweep(
         raise SweepError(f"{out}: nothing to resume (no earlier sweep with this name there)")
     if not resume and out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise SweepError(f"{out} already holds results: pass --resume to continue it, or --overwrite to start over")
+            raise SweepError(
+                f"{out} already holds results: pass --resume to continue it, or --overwrite to start over"
+            )
+    _prepare_data(spec)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
     if spec.resources.gpu > 0 and not ray.cluster_resources().get("GPU", 0) and address is None:
         raise SweepError(
             "resources.gpu: the spec asks for GPUs but this machine has none; use --smoke, or --set resources.gpu=0"
         )
-    _prepare_data(spec)
     if overwrite and not resume and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -339,7 +354,8 @@ def run_sweep(
         "gpu": spec.resources.gpu,
     }
     trainable = tune.with_resources(
-        tune.with_parameters(ray_trainable, payload=payload), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+        tune.with_parameters(ray_trainable, payload=payload),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state: at most 5 s behind a crash
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

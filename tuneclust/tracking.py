@@ -57,7 +57,13 @@ class MlflowTracker:
     """Parent run per sweep (spec as artifact); child run per trial with params, metric history and tags."""
 
     def __init__(
-        self, uri: str, experiment: str, sweep_dir: Path, spec_text: str, sweep_tags: dict[str, str], resume: bool
+        self,
+        uri: str,
+        experiment: str,
+        sweep_dir: Path,
+        spec_text: str,
+        sweep_tags: dict[str, str],
+        resume: bool,
     ) -> None:
         import mlflow  # noqa: F401  (fail early with a clear ImportError)
         from mlflow.tracking import MlflowClient
@@ -78,11 +84,15 @@ class MlflowTracker:
             self.parent = json.loads(state_file.read_text())["parent_run_id"]
             self.client.update_run(self.parent, status="RUNNING")
             for run in self.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent}'", max_results=50000
+                [self.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{self.parent}'",
+                max_results=50000,
             ):
                 self.children[run.data.tags["tuneclust.trial_id"]] = run.info.run_id
         else:
-            run = self.client.create_run(self.experiment_id, run_name=sweep_tags.get("tuneclust.sweep"), tags=sweep_tags)
+            run = self.client.create_run(
+                self.experiment_id, run_name=sweep_tags.get("tuneclust.sweep"), tags=sweep_tags
+            )
             self.parent = run.info.run_id
             self.client.log_text(self.parent, spec_text, "spec.yaml")
             state_file.write_text(json.dumps({"parent_run_id": self.parent, "tracking_uri": uri}))
@@ -93,7 +103,12 @@ class MlflowTracker:
         if trial_id in self.children:
             self.client.set_tag(self.children[trial_id], "status", "RUNNING")
             return
-        all_tags = {"mlflow.parentRunId": self.parent, "tuneclust.trial_id": trial_id, "status": "RUNNING", **tags}
+        all_tags = {
+            "mlflow.parentRunId": self.parent,
+            "tuneclust.trial_id": trial_id,
+            "status": "RUNNING",
+            **tags,
+        }
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.children[trial_id] = run.info.run_id
         self.client.log_batch(
@@ -165,8 +180,16 @@ class ResultTables:
         if time.monotonic() - self._last_flush > 30:
             self.flush()
 
-    def finish(self, trial_id: str, ident: dict[str, Any], status: str, error: str | None, wall_time_s: float) -> dict:
-        """Summarise a trial from its evaluations into its ``trials.parquet`` row, and write both tables."""
+    def finish(
+        self, trial_id: str, ident: dict[str, Any], status: str, error: str | None, wall_time_s: float | None
+    ) -> dict:
+        """Summarise a trial from its evaluations into its ``trials.parquet`` row, and write both tables.
+
+        ``wall_time_s`` None means the trial reported nothing in this session (e.g. ``--resume`` restored it
+        from its final checkpoint, so it had nothing left to train): the wall time recorded earlier is kept.
+        """
+        if wall_time_s is None:
+            wall_time_s = float(self.trials.get(trial_id, {}).get("wall_time_s") or 0.0)
         rows = sorted(self.epochs.get(trial_id, []), key=lambda r: r.get("epoch", 0))
         summary: dict[str, Any] = {
             "trial_id": trial_id,

@@ -1,0 +1,78 @@
+"""The README documents every spec key, method config key and CLI flag; the layers only look down."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from pydantic import BaseModel
+
+from tuneclust import spec as spec_mod
+from tuneclust.cli import _parser
+from tuneclust.methods import METHODS, get_method
+
+README = (ROOT / "README.md").read_text()
+
+
+def _model_keys(model: type[BaseModel]) -> set[str]:
+    keys = set()
+    for name, field in model.model_fields.items():
+        keys.add(name)
+        ann = field.annotation
+        for sub in getattr(ann, "__args__", ()) + (ann,):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                keys |= _model_keys(sub)
+    return keys
+
+
+def test_readme_documents_every_spec_key():
+    keys = _model_keys(spec_mod.Spec)
+    for sched in (spec_mod.Asha, spec_mod.Hyperband, spec_mod.Median, spec_mod.Pbt, spec_mod.SearcherSpec):
+        keys |= _model_keys(sched)
+    missing = sorted(k for k in keys if k not in README)
+    assert not missing, f"README does not document spec keys {missing}"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_readme_documents_every_method_key(method):
+    missing = [k for k in get_method(method).Config.model_fields if f"`{k}`" not in README]
+    assert not missing, f"README lacks {method} keys {missing}: run python -m tuneclust list --keys"
+
+
+def test_readme_documents_every_cli_flag():
+    flags = set()
+    for action in _parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                flags.add(name)
+                flags |= {
+                    o for a in sub._actions for o in a.option_strings if o.startswith("--") and o != "--help"
+                }
+    missing = sorted(f for f in flags if f not in README)
+    assert not missing, f"README does not document {missing}"
+
+
+@pytest.mark.parametrize(
+    "module,forbidden",
+    [
+        ("tuneclust.losses.idfd", ("ray", "mlflow", "yaml", "pandas")),
+        ("tuneclust.losses.dccs", ("ray", "mlflow", "yaml", "pandas")),
+        ("tuneclust.losses.cdc", ("ray", "mlflow", "yaml", "pandas")),
+        ("tuneclust.losses.ics", ("ray", "mlflow", "yaml", "pandas")),
+        ("tuneclust.losses.dec", ("ray", "mlflow", "yaml", "pandas")),
+        ("tuneclust.methods.idfd", ("ray", "mlflow", "yaml")),
+        ("tuneclust.methods.dccs", ("ray", "mlflow", "yaml")),
+        ("tuneclust.methods.cdc", ("ray", "mlflow", "yaml")),
+        ("tuneclust.methods.ics", ("ray", "mlflow", "yaml")),
+        ("tuneclust.trainable", ("mlflow", "yaml")),
+    ],
+)
+def test_layers_only_look_down(module, forbidden):
+    code = f"import sys, {module}; print(','.join(m for m in {forbidden!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "", f"importing {module} pulled in {out}"
