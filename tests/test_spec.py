@@ -45,8 +45,13 @@ def test_good_spec_counts_trials(tmp_path):
 
 
 def test_optuna_counts_cells_times_samples(tmp_path):
-    p = spec_file(tmp_path, **{"tau: {grid: [0.5, 1.0, 2.0]}": "tau: {loguniform: [0.05, 10]}",
-                               "scheduler: {type: asha, grace_period: 2}": "searcher: optuna\nnum_samples: 5"})
+    p = spec_file(
+        tmp_path,
+        **{
+            "tau: {grid: [0.5, 1.0, 2.0]}": "tau: {loguniform: [0.05, 10]}",
+            "scheduler: {type: asha, grace_period: 2}": "searcher: optuna\nnum_samples: 5",
+        },
+    )
     spec = load_spec(p)
     assert spec.num_trials() == 2 * 2 * 5  # seeds x arms cells, 5 TPE trials each
     assert len(spec.cells()) == 4
@@ -70,7 +75,10 @@ BAD = [
     ({"alpha: 1.0": "alhpa: 1.0"}, "config.alhpa: unknown idfd config key"),
     ({"alpha: 1.0": "alpha: lots"}, "config.alpha"),
     ({"[0.5, 1.0, 2.0]": "[0.5, hot, 2.0]"}, "search.tau.grid"),
-    ({"tau: {grid: [0.5, 1.0, 2.0]}": "tau: {uniform: [2.0, 1.0]}"}, "search.tau: uniform range must have low < high"),
+    (
+        {"tau: {grid: [0.5, 1.0, 2.0]}": "tau: {uniform: [2.0, 1.0]}"},
+        "search.tau: uniform range must have low < high",
+    ),
     ({"tau: {grid: [0.5, 1.0, 2.0]}": "tau: {loguniform: [0, 1.0]}"}, "positive low bound"),
     ({"tau: {grid: [0.5, 1.0, 2.0]}": "tau: {grid: []}"}, "at least one value"),
     ({"tau: {grid: [0.5, 1.0, 2.0]}": "tau: {uniform: [0.1, 1.0]}"}, "searcher grid needs grid/choice"),
@@ -102,8 +110,11 @@ def test_bad_input_through_the_real_cli_has_no_traceback(tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
     assert "budget.epochs" in r.stderr and str(p) in r.stderr
-    r = subprocess.run([sys.executable, "-m", "tuneclust", "validate", str(tmp_path / "missing.yaml")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "tuneclust", "validate", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "missing.yaml" in r.stderr and "Traceback" not in r.stderr
 
 

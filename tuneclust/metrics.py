@@ -16,8 +16,14 @@ from sklearn.metrics import (
 
 LABELLED = ("acc", "nmi", "ari")
 LABEL_FREE = ("silhouette", "calinski_harabasz", "davies_bouldin")
-MODES = {"acc": "max", "nmi": "max", "ari": "max", "silhouette": "max", "calinski_harabasz": "max",
-         "davies_bouldin": "min"}
+MODES = {
+    "acc": "max",
+    "nmi": "max",
+    "ari": "max",
+    "silhouette": "max",
+    "calinski_harabasz": "max",
+    "davies_bouldin": "min",
+}
 SILHOUETTE_SAMPLE = 2000
 """Silhouette is O(N^2): computed on this many points, a fixed random subsample (seed 0) of the evaluation set."""
 
@@ -69,7 +75,9 @@ def label_free_scores(x: np.ndarray, y_pred: np.ndarray, sample: int = SILHOUETT
     }
 
 
-def score_evaluation(ev, labels: np.ndarray | None, k: int, n_init: int = 10, seed: int = 0) -> dict[str, float]:
+def score_evaluation(
+    ev, labels: np.ndarray | None, k: int, n_init: int = 10, seed: int = 0
+) -> dict[str, float]:
     """All metrics of one :class:`tuneclust.methods.Evaluation`.
 
     The method's own assignment is scored if it has one, else k-means (``k`` clusters) on its embedding.

@@ -114,7 +114,9 @@ class Method(ABC):
         self.epoch = int(state["epoch"])
         self.steps = int(state["steps"])
         self.images_seen = int(state["images_seen"])
-        self.generator.set_state(state["generator"].cpu() if hasattr(state["generator"], "cpu") else state["generator"])
+        self.generator.set_state(
+            state["generator"].cpu() if hasattr(state["generator"], "cpu") else state["generator"]
+        )
 
     def permutation(self, n: int) -> torch.Tensor:
         """A seeded random permutation of ``range(n)`` on the method's device (data order)."""
