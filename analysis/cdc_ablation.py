@@ -13,12 +13,11 @@ Usage: python analysis/cdc_ablation.py SWEEP_DIR [--out DIR]  (default DIR: SWEE
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import ablation_table, load_results, write_table
+from tuneclust.report import ablation_table, analysis_cli, load_results, sort_in_order, write_table
 
 ARMS = {
     "AE_Lr": "AE + L_r",
@@ -68,19 +67,18 @@ def table3(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
                 "gain ACC %": round((acc - pre_acc).mean(), 1) if pre_acc.notna().any() else float("nan"),
             }
         )
-    order = {a: i for i, a in enumerate(ARMS)}
-    out = pd.DataFrame(rows)
-    return out.sort_values("arm", key=lambda s: s.map(lambda a: order.get(a, len(order)))).reset_index(
-        drop=True
-    )
+    return sort_in_order(pd.DataFrame(rows), "arm", list(ARMS))
 
 
-def study(sweep_dir: Path, out: Path) -> list[Path]:
+def study(sweep_dirs: list[Path], out: Path) -> list[Path]:
+    (sweep_dir,) = sweep_dirs
     trials, epochs = load_results(sweep_dir)
-    trials = trials[trials["final.acc"].notna()] if "final.acc" in trials else trials.iloc[0:0]
+    if "final.acc" not in trials:
+        trials = trials.iloc[0:0]
+    else:  # evaluated and not errored
+        trials = trials[trials["final.acc"].notna() & (trials["status"] == "TERMINATED")]
     if trials.empty:
         raise SystemExit(f"{sweep_dir}: no trial with a final ACC")
-    out.mkdir(parents=True, exist_ok=True)
     written = write_table(table3(trials, epochs), out / "table3")
     metrics = [c for c in ("final.acc", "final.nmi", "final.ari", "best_label_selected.acc") if c in trials]
     detail = ablation_table(trials, metrics, arm_order=list(ARMS))
@@ -92,14 +90,9 @@ def study(sweep_dir: Path, out: Path) -> list[Path]:
     return written + write_table(PAPER, out / "table3_paper")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/analysis)")
-    args = p.parse_args(argv)
-    for path in study(args.sweep_dir, args.out or args.sweep_dir / "analysis"):
-        print(path)
+def main(argv: list[str] | None = None) -> int:
+    return analysis_cli(__doc__, study, argv, multi=False)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,13 +16,20 @@ Usage: python analysis/cdc_grid.py SWEEP_DIR [--out DIR]  (default DIR: SWEEP_DI
 
 from __future__ import annotations
 
-import argparse
 from itertools import combinations
 from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import load_results, plot_metric_vs_param, summarize, write_table
+from tuneclust.report import (
+    analysis_cli,
+    load_results,
+    plot_metric_vs_param,
+    pyplot,
+    save_figure,
+    summarize,
+    write_table,
+)
 
 WEIGHTS = ["eta", "beta", "lam"]
 ACC = "final.acc"
@@ -32,7 +39,7 @@ def finished(trials: pd.DataFrame) -> pd.DataFrame:
     """Trials with a final ACC (errored trials dropped)."""
     if ACC not in trials:
         raise SystemExit("trials.parquet has no final.acc column: no trial was evaluated")
-    return trials[trials[ACC].notna()].copy()
+    return trials[trials[ACC].notna() & (trials["status"] == "TERMINATED")].copy()
 
 
 def best_cells(trials: pd.DataFrame, n: int = 10) -> pd.DataFrame:
@@ -62,13 +69,8 @@ def label_free_pick(trials: pd.DataFrame) -> pd.DataFrame:
 
 def heatmaps(trials: pd.DataFrame, out: Path) -> list[Path]:
     """Mean final ACC over each pair of weights (averaged over the third): tables and one figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pairs = list(combinations(WEIGHTS, 2))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.2))
+    fig, axes = pyplot().subplots(1, len(pairs), figsize=(5 * len(pairs), 4.2))
     written = []
     for ax, (a, b) in zip(axes, pairs):
         grid = trials.pivot_table(index=f"config.{a}", columns=f"config.{b}", values=ACC, aggfunc="mean")
@@ -84,16 +86,12 @@ def heatmaps(trials: pd.DataFrame, out: Path) -> list[Path]:
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
         fig.colorbar(im, ax=ax, label="final ACC (mean)")
     fig.suptitle("CDC: final ACC over the loss weights (mean over the third weight and seeds)")
-    fig.tight_layout()
-    path = out / "grid_acc_heatmaps.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [*written, path]
+    return [*written, save_figure(fig, out / "grid_acc_heatmaps.png")]
 
 
-def study(sweep_dir: Path, out: Path) -> list[Path]:
+def study(sweep_dirs: list[Path], out: Path) -> list[Path]:
+    (sweep_dir,) = sweep_dirs
     trials = finished(load_results(sweep_dir)[0])
-    out.mkdir(parents=True, exist_ok=True)
     written = write_table(best_cells(trials), out / "grid_best")
     written += write_table(label_free_pick(trials), out / "grid_best_label_free")
     for w in WEIGHTS:
@@ -105,14 +103,9 @@ def study(sweep_dir: Path, out: Path) -> list[Path]:
     return written + heatmaps(trials, out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/analysis)")
-    args = p.parse_args(argv)
-    for path in study(args.sweep_dir, args.out or args.sweep_dir / "analysis"):
-        print(path)
+def main(argv: list[str] | None = None) -> int:
+    return analysis_cli(__doc__, study, argv, multi=False)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

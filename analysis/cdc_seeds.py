@@ -14,13 +14,12 @@ Usage: python analysis/cdc_seeds.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR]  (defa
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tuneclust.report import load_results, load_spec_dict, write_table
+from tuneclust.report import analysis_cli, dataset_name, load_results, pyplot, save_figure, write_table
 
 PAPER = pd.DataFrame(  # Table 2, CDC rows: ACC (NMI) in %
     {
@@ -33,17 +32,13 @@ PAPER = pd.DataFrame(  # Table 2, CDC rows: ACC (NMI) in %
 )
 
 
-def dataset_name(sweep_dir: Path) -> str:
-    """The spec's data.name; for npz feature files, the file's stem (e.g. cifar10_r50)."""
-    data = load_spec_dict(sweep_dir).get("data") or {}
-    name = data.get("name", sweep_dir.name)
-    return Path(data["root"]).stem if name == "npz" and data.get("root") else name
-
-
 def per_seed(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per finished trial with pre-trained and final ACC/NMI, its fine-tuning evaluations)."""
     trials, epochs = load_results(sweep_dir)
-    trials = trials[trials["final.acc"].notna()] if "final.acc" in trials else trials.iloc[0:0]
+    if "final.acc" not in trials:
+        trials = trials.iloc[0:0]
+    else:  # evaluated and not errored
+        trials = trials[trials["final.acc"].notna() & (trials["status"] == "TERMINATED")]
     df = trials[["trial_id", "config.seed", "final.acc", "final.nmi"]].copy()
     ft = pd.DataFrame(columns=["trial_id", "finetune_iter", "acc"])
     if not epochs.empty and {"phase", "finetune_iter"} <= set(epochs.columns):
@@ -82,20 +77,10 @@ def table2(seeds: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def fig5(seeds: pd.DataFrame, path: Path) -> Path:
-    plt = _plt()
     names = list(dict.fromkeys(seeds["dataset"]))
     data = [100 * seeds.loc[seeds["dataset"] == n, "final.acc"].to_numpy() for n in names]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.8))
+    fig, ax = pyplot().subplots(figsize=(1.6 + 1.4 * len(names), 3.8))
     ax.boxplot(data, showmeans=True, showfliers=False)  # every seed is drawn as a dot below
     ax.set_xticks(range(1, len(names) + 1), names)
     rng = np.random.default_rng(0)
@@ -104,15 +89,11 @@ def fig5(seeds: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("final ACC (%)")
     ax.set_title("CDC: ACC over random trials (seeds)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def fig4(ft: pd.DataFrame, path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.8))
     for i, (name, g) in enumerate(ft.groupby("dataset", sort=False)):
         color = f"C{i}"
         for _, t in g.groupby("trial_id"):
@@ -125,10 +106,7 @@ def fig4(ft: pd.DataFrame, path: Path) -> Path:
     if len(ft):
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def study(sweep_dirs: list[Path], out: Path) -> list[Path]:
@@ -137,21 +115,15 @@ def study(sweep_dirs: list[Path], out: Path) -> list[Path]:
     ft = pd.concat([p[1] for p in parts], ignore_index=True)
     if seeds.empty:
         raise SystemExit("no trial with a final ACC")
-    out.mkdir(parents=True, exist_ok=True)
     written = write_table(table2(seeds), out / "table2")
     written += write_table(PAPER, out / "table2_paper")
     written += write_table(seeds.sort_values(["dataset", "seed"]), out / "per_seed")
     return [*written, fig5(seeds, out / "fig5_acc_per_seed.png"), fig4(ft, out / "fig4_finetune_acc.png")]
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dirs", type=Path, nargs="+")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: first SWEEP_DIR/analysis)")
-    args = p.parse_args(argv)
-    for path in study(args.sweep_dirs, args.out or args.sweep_dirs[0] / "analysis"):
-        print(path)
+def main(argv: list[str] | None = None) -> int:
+    return analysis_cli(__doc__, study, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

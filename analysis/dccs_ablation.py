@@ -10,12 +10,20 @@ Values at the last evaluation: no selection by labels.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import ablation_table, load_results, load_spec_dict, summarize, write_table
+from tuneclust.report import (
+    ablation_table,
+    analysis_cli,
+    finished_or_exit,
+    pyplot,
+    save_figure,
+    sort_in_order,
+    summarize,
+    write_table,
+)
 
 ARM_ORDER = ["M1", "M2", "M3", "M4"]
 METRICS = ("final.acc", "final.nmi", "final.ari")
@@ -41,25 +49,6 @@ VIEWS = {
 }
 
 
-def load(sweep_dirs: list[str]) -> pd.DataFrame:
-    """Finished trials with an ACC from every folder, with a ``dataset`` column."""
-    frames = []
-    for d in sweep_dirs:
-        trials, _ = load_results(d)
-        spec_name = (load_spec_dict(d).get("data") or {}).get("name") or Path(d).name
-        if "data.name" not in trials:
-            trials["data.name"] = spec_name
-        frames.append(trials.assign(dataset=trials["data.name"].fillna(spec_name)))
-    df = pd.concat(frames, ignore_index=True)
-    done = df[df["status"] == "TERMINATED"] if "status" in df else df
-    return done[done["final.acc"].notna()] if "final.acc" in done else done.iloc[0:0]
-
-
-def _ranked(df: pd.DataFrame, col: str = "arm") -> pd.DataFrame:
-    rank = {a: i for i, a in enumerate(ARM_ORDER)}
-    return df.sort_values(col, key=lambda c: c.map(lambda a: rank.get(a, len(rank)))).reset_index(drop=True)
-
-
 def losses_on(done: pd.DataFrame) -> pd.DataFrame:
     """Per arm: which of L_Adv, L_MI, L_Aug are switched on (from the trials' resolved config)."""
     cols = {"config.adv": "L_Adv", "config.mi": "L_MI", "config.aug": "L_Aug"}
@@ -78,7 +67,7 @@ def table5(done: pd.DataFrame) -> pd.DataFrame:
         paper = PAPER.get(str(name), {})
         for i, m in enumerate(("ACC", "NMI", "ARI") if paper else ()):
             out[f"{name} {m} (paper)"] = [paper[a][i] if a in paper else None for a in out["arm"]]
-    return _ranked(out)
+    return sort_in_order(out, "arm", ARM_ORDER)
 
 
 def table4(done: pd.DataFrame) -> pd.DataFrame:
@@ -88,20 +77,19 @@ def table4(done: pd.DataFrame) -> pd.DataFrame:
         row = {"dataset": name, "arm": arm}
         row.update({view: round(float(sub[col].mean()), 4) for view, col in VIEWS.items() if col in sub})
         rows.append(row)
-    return _ranked(pd.DataFrame(rows)).sort_values("dataset", kind="stable").reset_index(drop=True)
+    return (
+        sort_in_order(pd.DataFrame(rows), "arm", ARM_ORDER)
+        .sort_values("dataset", kind="stable")
+        .reset_index(drop=True)
+    )
 
 
 def plot(done: pd.DataFrame, path: Path) -> Path:
     """Grouped bars: mean ± std ACC per arm, one bar per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     datasets = sorted(done["dataset"].unique())
-    arms = _ranked(pd.DataFrame({"arm": done["arm"].unique()}))["arm"].tolist()
+    arms = sort_in_order(pd.DataFrame({"arm": done["arm"].unique()}), "arm", ARM_ORDER)["arm"].tolist()
     width = 0.8 / len(datasets)
-    fig, ax = plt.subplots(figsize=(1.2 * len(arms) + 2.5, 3.6))
+    fig, ax = pyplot().subplots(figsize=(1.2 * len(arms) + 2.5, 3.6))
     for j, name in enumerate(datasets):
         s = summarize(done[done["dataset"] == name], ["arm"], "final.acc").set_index("arm").reindex(arms)
         xs = [i + (j - (len(datasets) - 1) / 2) * width for i in range(len(arms))]
@@ -110,27 +98,19 @@ def plot(done: pd.DataFrame, path: Path) -> Path:
     ax.set(ylabel="ACC (last evaluation)", ylim=(0, 1), title="DCCS Table 5: loss ablation")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dir", nargs="+")
-    p.add_argument("--out", help="default: <first sweep_dir>/analysis")
-    args = p.parse_args(argv)
-    out = Path(args.out or Path(args.sweep_dir[0]) / "analysis")
-    out.mkdir(parents=True, exist_ok=True)
-    done = load(args.sweep_dir)
-    if done.empty:
-        raise SystemExit(f"{args.sweep_dir}: no finished trial with final.acc")
+def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
+    done = finished_or_exit(sweep_dirs)
     written = [plot(done, out / "fig_ablation.png")]
     written += write_table(table5(done), out / "table5_ablation")
     return written + write_table(table4(done), out / "table4_assignment")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return analysis_cli(__doc__, build, argv)
+
+
 if __name__ == "__main__":
-    for path in main():
-        print(path)
+    raise SystemExit(main())

@@ -8,46 +8,31 @@ ICS and DEC) and table2_acc_vs_rmin.png. Values at the last evaluation: no selec
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import load_results, summarize, write_table
+from tuneclust.report import analysis_cli, finished_or_exit, metrics_table, pyplot, save_figure, write_table
 
 PARAM = "data.imbalance_r_min"
 PAPER_ACC = {0.1: 0.8802, 0.3: 0.945, 0.5: 0.9612, 0.7: 0.972, 0.9: 0.9791}  # Table 2, "Ours"
 PAPER_DEC_ACC = {0.1: 0.7010, 0.3: 0.8092, 0.5: 0.8268, 0.7: 0.8469, 0.9: 0.8541}  # Table 2, "DEC"
 
 
-def finished(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials that ran to the end and have an ACC."""
-    done = trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
-    return done[done["final.acc"].notna()] if "final.acc" in done else done.iloc[0:0]
-
-
 def table(done: pd.DataFrame) -> pd.DataFrame:
     """Per r_min: our ACC and NMI (mean, std over seeds), trials, and the paper's ACC of ICS and DEC."""
-    acc = summarize(done, [PARAM], "final.acc").set_index(PARAM)
-    out = pd.DataFrame({"acc_mean": acc["mean"], "acc_std": acc["std"], "trials": acc["count"]})
-    if "final.nmi" in done:
-        nmi = summarize(done, [PARAM], "final.nmi").set_index(PARAM)
-        out["nmi_mean"], out["nmi_std"] = nmi["mean"], nmi["std"]
-    out = out.reset_index().rename(columns={PARAM: "r_min"}).sort_values("r_min")
+    out = metrics_table(done, [PARAM], ["final.acc", "final.nmi"])
+    cols = [PARAM, "acc_mean", "acc_std", "count", "nmi_mean", "nmi_std"]
+    out = out[[c for c in cols if c in out]].rename(columns={PARAM: "r_min", "count": "trials"})
     key = out["r_min"].round(6)
     out["paper_acc"] = key.map(PAPER_ACC)
     out["paper_dec_acc"] = key.map(PAPER_DEC_ACC)
     return out.reset_index(drop=True)
 
 
-def plot(tab: pd.DataFrame, path: Path) -> None:
+def plot(tab: pd.DataFrame, path: Path) -> Path:
     """ACC against r_min: ours (mean ± std over seeds) and the paper's ICS and DEC rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = pyplot().subplots(figsize=(5, 3.6))
     ax.errorbar(
         tab["r_min"], tab["acc_mean"], yerr=tab["acc_std"].fillna(0), marker="o", capsize=3, label="ours"
     )
@@ -59,27 +44,18 @@ def plot(tab: pd.DataFrame, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("ICS Table 2: imbalanced MNIST")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dir")
-    p.add_argument("--out", help="default: <sweep_dir>/analysis")
-    args = p.parse_args(argv)
-    out = Path(args.out or Path(args.sweep_dir) / "analysis")
-    out.mkdir(parents=True, exist_ok=True)
-    trials, _ = load_results(args.sweep_dir)
-    done = finished(trials)
-    if done.empty or PARAM not in done:
-        raise SystemExit(f"{args.sweep_dir}: no finished trial with final.acc and {PARAM}")
+def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
+    done = finished_or_exit(sweep_dirs, [PARAM])
     tab = table(done)
-    plot(tab, out / "table2_acc_vs_rmin.png")
-    return [out / "table2_acc_vs_rmin.png", *write_table(tab, out / "table2_imbalance")]
+    return [plot(tab, out / "table2_acc_vs_rmin.png"), *write_table(tab, out / "table2_imbalance")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return analysis_cli(__doc__, build, argv, multi=False)
 
 
 if __name__ == "__main__":
-    for path in main():
-        print(path)
+    raise SystemExit(main())

@@ -9,32 +9,20 @@ ACC is the value at the last evaluation: no selection by labels.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tuneclust.report import load_results, write_table
+from tuneclust.report import analysis_cli, finished_or_exit, pyplot, save_figure, write_table
 
 WEIGHTS = ("gamma", "omega", "beta")  # Fig. 6 (a), (b), (c)
 PAPER_CHOICE = {"beta": 0.8, "gamma": 0.01, "omega": 0.1}  # Sec. 4.4, from this study
 
 
-def finished(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials that ran to the end and have an ACC."""
-    done = trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
-    return done[done["final.acc"].notna()] if "final.acc" in done else done.iloc[0:0]
-
-
-def plot(done: pd.DataFrame, path: Path) -> None:
+def plot(done: pd.DataFrame, path: Path) -> Path:
     """One panel per weight: every trial's ACC, the mean per bin, the paper's choice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    fig, axes = pyplot().subplots(1, 3, figsize=(12, 3.6), sharey=True)
     bins = np.linspace(0, 1, 11)
     for ax, w in zip(axes, WEIGHTS):
         x, y = done[f"config.{w}"].astype(float), done["final.acc"].astype(float)
@@ -48,28 +36,16 @@ def plot(done: pd.DataFrame, path: Path) -> None:
     axes[0].set_ylabel("ACC (last evaluation)")
     axes[0].legend(fontsize=8)
     fig.suptitle("ICS Fig. 6: random search of the loss weights (alpha = 1)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dir")
-    p.add_argument("--out", help="default: <sweep_dir>/analysis")
-    args = p.parse_args(argv)
-    out = Path(args.out or Path(args.sweep_dir) / "analysis")
-    out.mkdir(parents=True, exist_ok=True)
-    trials, _ = load_results(args.sweep_dir)
-    done = finished(trials)
-    if done.empty:
-        raise SystemExit(f"{args.sweep_dir}: no finished trial with final.acc")
-    plot(done, out / "fig6_acc_vs_weights.png")
+def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
+    done = finished_or_exit(sweep_dirs)
+    written = [plot(done, out / "fig6_acc_vs_weights.png")]
     cols = [f"config.{w}" for w in ("beta", "gamma", "omega")] + [
         c for c in ("final.acc", "final.nmi", "final.ari") if c in done
     ]
     top = done.sort_values("final.acc", ascending=False)[["trial_id", *cols]].head(10)
-    written = [out / "fig6_acc_vs_weights.png"]
     written += write_table(top.rename(columns=lambda c: c.removeprefix("config.")), out / "top_trials")
     corr = pd.DataFrame(
         {
@@ -84,6 +60,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     return written
 
 
+def main(argv: list[str] | None = None) -> int:
+    return analysis_cli(__doc__, build, argv, multi=False)
+
+
 if __name__ == "__main__":
-    for path in main():
-        print(path)
+    raise SystemExit(main())

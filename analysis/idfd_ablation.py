@@ -13,12 +13,11 @@ Usage: python analysis/idfd_ablation.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR]  (
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import load_results, load_spec_dict, summarize, write_table
+from tuneclust.report import analysis_cli, load_trials, summarize, write_table
 
 ARMS = ["ID_original", "ID_tuned", "IDFO", "IDFD"]
 METRICS = ["acc", "nmi", "ari"]
@@ -33,22 +32,6 @@ PAPER = pd.DataFrame(  # Table 1 of the paper, %: ACC, NMI, ARI per dataset
         "imagenet_dog": ["36.5/24.8/17.2", "47.6/47.0/33.5", "61.2/57.9/41.4", "59.1/54.6/41.3"],
     }
 )
-
-
-def load_trials(sweep_dirs: list[Path]) -> pd.DataFrame:
-    """Trials of all sweeps, with a ``dataset`` column (data.name if searched, else the spec's data.name)."""
-    frames = []
-    for d in sweep_dirs:
-        trials, _ = load_results(d)
-        if "data.name" in trials:
-            trials["dataset"] = trials["data.name"]
-        else:
-            trials["dataset"] = (load_spec_dict(d).get("data") or {}).get("name", "?")
-        root = (load_spec_dict(d).get("data") or {}).get("root")
-        if root:  # imagefolder runs: name the dataset by its folder
-            trials.loc[trials["dataset"] == "imagefolder", "dataset"] = Path(root).name
-        frames.append(trials)
-    return pd.concat(frames, ignore_index=True)
 
 
 def row_labels(df: pd.DataFrame, row: str, vary: str = "config.alpha") -> pd.Series:
@@ -96,27 +79,43 @@ def wide_table(
     return wide.rename(columns={row: "arm"}), long.drop(columns="cell")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dirs", type=Path, nargs="+")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: first SWEEP_DIR/analysis)")
-    args = p.parse_args(argv)
-    out = args.out or args.sweep_dirs[0] / "analysis"
-    trials = load_trials(args.sweep_dirs)
-    trials["row"] = row_labels(trials, "arm")
-    written = write_table(PAPER, out / "table1_paper")
-    for prefix, stem in (("final", "table1_final"), ("best_label_selected", "table1_best_label_selected")):
-        wide, long = wide_table(trials, "row", "dataset", prefix, ARMS, DATASETS)
+def write_wide_tables(
+    trials: pd.DataFrame,
+    row: str,
+    col: str,
+    row_order: list[str],
+    col_order: list[str],
+    out: Path,
+    stem: str,
+    long_names: dict[str, str],
+) -> list[Path]:
+    """``<stem>_final`` and ``<stem>_best_label_selected`` (the label-selected oracle, marked so) wide tables
+    and ``<stem>_long`` (the final numbers, columns renamed by ``long_names``)."""
+    written = []
+    for prefix in ("final", "best_label_selected"):
+        wide, long = wide_table(trials, row, col, prefix, row_order, col_order)
         if wide.empty:
             continue
         if prefix != "final":
             wide = wide.rename(columns={"arm": "arm (best evaluation, LABEL-SELECTED)"})
-        written += write_table(wide, out / stem)
+        written += write_table(wide, out / f"{stem}_{prefix}")
         if prefix == "final":
-            written += write_table(long.rename(columns={"row": "arm"}), out / "table1_long")
-    for path in written:
-        print(path)
+            written += write_table(long.rename(columns=long_names), out / f"{stem}_long")
+    return written
+
+
+def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
+    trials = load_trials(sweep_dirs)
+    trials["row"] = row_labels(trials, "arm")
+    written = write_table(PAPER, out / "table1_paper")
+    return written + write_wide_tables(
+        trials, "row", "dataset", ARMS, DATASETS, out, "table1", {"row": "arm"}
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return analysis_cli(__doc__, build, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

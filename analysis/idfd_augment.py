@@ -10,12 +10,20 @@ Usage: python analysis/idfd_augment.py SWEEP_DIR [--out DIR]  (default DIR: SWEE
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import ablation_table, load_results, summarize, write_table
+from tuneclust.report import (
+    ablation_table,
+    analysis_cli,
+    load_trials,
+    pyplot,
+    save_figure,
+    sort_in_order,
+    summarize,
+    write_table,
+)
 
 ARMS = ["all", "no_crop", "no_color", "no_gray", "no_flip", "no_aug"]
 PAPER = pd.DataFrame(  # Table 4 of the paper, CIFAR-10 columns, %
@@ -30,48 +38,35 @@ PAPER = pd.DataFrame(  # Table 4 of the paper, CIFAR-10 columns, %
 
 def bar_plot(trials: pd.DataFrame, metric: str, path: Path) -> Path:
     """Bars of ``metric`` per arm (mean ± std over seeds), arms in the order of :data:`ARMS`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = summarize(trials, ["arm"], metric)
-    rank = {a: i for i, a in enumerate(ARMS)}
-    s = s.sort_values("arm", key=lambda c: c.map(lambda a: rank.get(a, len(rank)))).reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    s = sort_in_order(summarize(trials, ["arm"], metric), "arm", ARMS)
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.5))
     ax.bar(range(len(s)), 100 * s["mean"], yerr=100 * s["std"].fillna(0), capsize=3, color="tab:blue")
     ax.set_xticks(range(len(s)), [str(a) for a in s["arm"]], rotation=30)
     ax.set_ylabel(f"{metric.split('.')[-1].upper()} (%)")
     ax.set_title("IDFD: effect of each augmentation (Fig. 11)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/analysis)")
-    args = p.parse_args(argv)
-    out = args.out or args.sweep_dir / "analysis"
-    trials, _ = load_results(args.sweep_dir)
+def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
+    trials = load_trials(sweep_dirs)
     written = write_table(PAPER, out / "table4_paper")
-    for prefix, stem in (("final", "fig11_final"), ("best_label_selected", "fig11_best_label_selected")):
+    for prefix in ("final", "best_label_selected"):
         cols = [f"{prefix}.{m}" for m in ("acc", "nmi", "ari") if f"{prefix}.{m}" in trials]
         if not cols:
             continue
         table = ablation_table(trials, cols, arm_order=ARMS)
         if prefix != "final":
             table = table.rename(columns={"arm": "arm (best evaluation, LABEL-SELECTED)"})
-        written += write_table(table, out / stem)
+        written += write_table(table, out / f"fig11_{prefix}")
     if "final.acc" in trials:
         written.append(bar_plot(trials, "final.acc", out / "fig11_acc.png"))
-    for path in written:
-        print(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    return analysis_cli(__doc__, build, argv, multi=False)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

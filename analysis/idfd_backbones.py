@@ -10,13 +10,19 @@ Usage: python analysis/idfd_backbones.py SWEEP_DIR [--out DIR]  (default DIR: SW
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import load_results, summarize, write_table
+from tuneclust.report import (
+    analysis_cli,
+    load_trials,
+    pyplot,
+    save_figure,
+    sibling_script,
+    summarize,
+    write_table,
+)
 
 ARMS = ["ID_tuned", "IDFD"]
 BACKBONES = ["convnet", "vgg16", "resnet18", "resnet34"]
@@ -31,28 +37,15 @@ PAPER = pd.DataFrame(  # Table 2 of the paper, %: ACC/NMI/ARI per network
 )
 
 
-def _sibling(name: str):
-    """Load analysis/<name>.py by path (works however this script is run or imported)."""
-    spec = importlib.util.spec_from_file_location(f"_analysis_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def grouped_bars(trials: pd.DataFrame, metric: str, path: Path) -> Path:
     """Bars of ``metric`` (mean ± std over seeds, in %) per backbone, one bar per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     s = summarize(trials, ["config.backbone", "arm"], metric)
     nets = [b for b in BACKBONES if b in set(s["config.backbone"])] + sorted(
         set(s["config.backbone"]) - set(BACKBONES)
     )
     arms = [a for a in ARMS if a in set(s["arm"])] + sorted(set(s["arm"]) - set(ARMS))
     width = 0.8 / len(arms)
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.5))
     for i, arm in enumerate(arms):
         sub = s[s["arm"] == arm].set_index("config.backbone").reindex(nets)
         xs = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(nets))]
@@ -62,36 +55,23 @@ def grouped_bars(trials: pd.DataFrame, metric: str, path: Path) -> Path:
     ax.set_title("ID(tuned) vs IDFD per network (Table 2)", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/analysis)")
-    args = p.parse_args(argv)
-    out = args.out or args.sweep_dir / "analysis"
-    wide_table = _sibling("idfd_ablation").wide_table
-    trials, _ = load_results(args.sweep_dir)
+def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
+    trials = load_trials(sweep_dirs)
     written = write_table(PAPER, out / "table2_paper")
-    for prefix, stem in (("final", "table2_final"), ("best_label_selected", "table2_best_label_selected")):
-        wide, long = wide_table(trials, "arm", "config.backbone", prefix, ARMS, BACKBONES)
-        if wide.empty:
-            continue
-        if prefix != "final":
-            wide = wide.rename(columns={"arm": "arm (best evaluation, LABEL-SELECTED)"})
-        written += write_table(wide, out / stem)
-        if prefix == "final":
-            written += write_table(long.rename(columns={"config.backbone": "backbone"}), out / "table2_long")
+    written += sibling_script(__file__, "idfd_ablation").write_wide_tables(
+        trials, "arm", "config.backbone", ARMS, BACKBONES, out, "table2", {"config.backbone": "backbone"}
+    )
     if "final.acc" in trials:
         written.append(grouped_bars(trials, "final.acc", out / "table2_acc.png"))
-    for path in written:
-        print(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    return analysis_cli(__doc__, build, argv, multi=False)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

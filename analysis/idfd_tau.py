@@ -10,13 +10,12 @@ Usage: python analysis/idfd_tau.py SWEEP_DIR [--out DIR]  (default DIR: SWEEP_DI
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import load_results, plot_metric_vs_param, summarize, write_table
+from tuneclust.report import analysis_cli, load_results, plot_metric_vs_param, summarize, write_table
 
 PAPER_EPOCHS, PAPER_WINDOW = 2000, 500
 """Fig. 3 and 4 average over the last 500 of 2000 epochs (the last quarter of the run)."""
@@ -67,14 +66,11 @@ def study(sweep_dir: Path, out: Path, param: str, stem: str) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None, param: str = "tau", stem: str = "fig3_acc_vs_tau") -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: SWEEP_DIR/analysis)")
-    args = p.parse_args(argv)
-    for path in study(args.sweep_dir, args.out or args.sweep_dir / "analysis", param, stem):
-        print(path)
+def main(argv: list[str] | None = None) -> int:
+    return analysis_cli(
+        __doc__, lambda dirs, out: study(dirs[0], out, "tau", "fig3_acc_vs_tau"), argv, multi=False
+    )
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,21 +8,15 @@ Usage: python analysis/idfd_tau2.py SWEEP_DIR [--out DIR]  (default DIR: SWEEP_D
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from tuneclust.report import analysis_cli, sibling_script
 
 
-def _sibling(name: str):
-    """Load analysis/<name>.py by path (works however this script is run or imported)."""
-    spec = importlib.util.spec_from_file_location(f"_analysis_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def main(argv: list[str] | None = None) -> None:
-    _sibling("idfd_tau").main(argv, param="tau2", stem="fig4_acc_vs_tau2")
+def main(argv: list[str] | None = None) -> int:
+    study = sibling_script(__file__, "idfd_tau").study
+    return analysis_cli(
+        __doc__, lambda dirs, out: study(dirs[0], out, "tau2", "fig4_acc_vs_tau2"), argv, multi=False
+    )
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

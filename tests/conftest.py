@@ -25,6 +25,21 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module of tiny nets and tensors: faster than oversubscribing a shared
+    CPU. The previous count is restored after the module.
+
+    Use it in a module with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"

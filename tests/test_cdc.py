@@ -22,6 +22,7 @@ from tuneclust.nets.autoencoders import DenseAutoencoder
 CPU = torch.device("cpu")
 TINY = {"dims": [16, 16, 32, 4], "batch_size": 32, "kmeans_init_n_init": 2, "pretrain_optimizer": "adam",
         "pretrain_lr": 1e-3}  # fmt: skip
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------ numpy references
@@ -48,15 +49,6 @@ def np_kl(p: np.ndarray, q: np.ndarray, norm: str) -> float:
         p[i, j] * math.log(p[i, j] / q[i, j]) for i in range(len(p)) for j in range(len(p)) if p[i, j] > 0
     )
     return total / len(p) if norm == "row" else total
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny nets: one intra-op thread is faster than oversubscribing a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ CPU = torch.device("cpu")
 FAST = {"batch_size": 64, "n_aug_neg": 3, "neg_tries": 8, "pretrain_epochs": 1, "latent_dim": 8}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The suite shares a small CPU: one intra-op thread avoids oversubscription (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from tuneclust.nets.backbones import BACKBONES, build_backbone
 NAMES = ["convnet", "vgg16", "resnet18", "resnet34"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than several on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", NAMES)
