@@ -307,7 +307,7 @@ def ranking(sweep_dir: str | Path, metric: str | None = None) -> pd.DataFrame:
             keep.append(extra)
     if f"best_label_selected.{metric}" in trials:
         keep.append(f"best_label_selected.{metric}")
-    keep = [c for c in keep if c in trials]
+    keep = [c for c in keep if c in trials and not (c == "arm" and (trials[c].fillna("") == "").all())]
     out = trials[keep]
     if col in out:
         out = out.sort_values(col, ascending=mode == "min", na_position="last")
