@@ -78,13 +78,18 @@ scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     children, client = child_runs(mlflow_uri, "s")
     assert len(children) == 8
     by_trial = {r.data.tags["tuneclust.trial_id"]: r for r in children}
-    for row in trials.itertuples():
-        run = by_trial[row.trial_id]
-        assert run.data.tags["status"] == row.status and run.data.tags["arm"] == row.arm
-        assert run.data.params["config.lr"] == str(row._asdict()["_5"]) or "config.lr" in run.data.params
-        if row.status == "TERMINATED":
+    for _, row in trials.iterrows():
+        run = by_trial[row["trial_id"]]
+        assert run.data.tags["status"] == row["status"] and run.data.tags["arm"] == row["arm"]
+        assert run.data.tags["seed"] == str(row["config.seed"]) and run.data.tags["dataset"] == "digits"
+        assert float(run.data.params["config.lr"]) == row["config.lr"]
+        assert run.data.params["config.variant"] == row["config.variant"]
+        if row["status"] == "TERMINATED":
             history = client.get_metric_history(run.info.run_id, "acc")
-            assert [m.step for m in history] == list(range(1, int(row.epochs_run) + 1))
+            assert [m.step for m in history] == list(range(1, int(row["epochs_run"]) + 1))
+            assert history[-1].value == pytest.approx(row["final.acc"])
+        else:
+            assert "non-finite" in run.data.tags["error"]
     parent = client.get_run(children[0].data.tags["mlflow.parentRunId"])
     assert parent.data.metrics["trials_errored"] == 4
     assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]

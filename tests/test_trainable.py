@@ -1,0 +1,63 @@
+"""The Ray-free parts of the trainable: config resolution, device choice, the loop's reports and resume."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tuneclust.methods import NonFiniteLossError
+from tuneclust.trainable import TrialLoop, TrialPlan, resolve_point, select_device
+
+
+def test_resolve_point_layers_config_arm_then_search():
+    cfg, data = resolve_point(
+        {"tau": 1.0, "variant": "idfd", "alpha": 1.0},
+        {"IDFO": {"variant": "idfo", "alpha": 10.0}},
+        {"name": "digits", "subsample": None},
+        {"arm": "IDFO", "tau": 0.5, "data.subsample": 100},
+    )
+    assert cfg == {"tau": 0.5, "variant": "idfo", "alpha": 10.0}
+    assert data == {"name": "digits", "subsample": 100}
+
+
+def test_cpu_trial_hides_the_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert select_device(0.0, []) == torch.device("cpu")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert select_device(0.5, []) == torch.device("cpu"), "no GPU assigned by Ray -> CPU"
+
+
+PLAN = dict(method="idfd", data={"name": "digits", "subsample": 200}, eval_every=2)
+CFG = {"backbone": "convnet", "batch_size": 100, "kmeans_n_init": 2}
+
+
+def test_loop_reports_at_eval_every_and_the_last_epoch():
+    loop = TrialLoop(TrialPlan(config=CFG, epochs=3, **PLAN), torch.device("cpu"))
+    reports = list(loop.run())
+    assert [r["epoch"] for r in reports] == [2, 3]
+    assert reports[-1]["step"] == 3 * 2 and reports[-1]["images_per_s"] > 0
+    assert {"acc", "nmi", "ari", "silhouette", "loss", "loss_instance", "clusters_used"} <= set(reports[-1])
+
+
+def test_loop_state_resumes_to_the_same_numbers():
+    straight = [
+        r["loss"] for r in TrialLoop(TrialPlan(config=CFG, epochs=4, **PLAN), torch.device("cpu")).run()
+    ]
+    first = TrialLoop(TrialPlan(config=CFG, epochs=4, **PLAN), torch.device("cpu"))
+    runner = first.run()
+    head = [next(runner)["loss"]]
+    state = first.state()
+    torch.manual_seed(123)  # a resumed trial starts in a fresh process: nothing else may carry over
+    second = TrialLoop(TrialPlan(config=CFG, epochs=4, **PLAN), torch.device("cpu"))
+    second.load(state)
+    tail = [r["loss"] for r in second.run()]
+    assert head + tail == pytest.approx(straight, rel=1e-5)
+
+
+def test_a_diverging_trial_raises_a_clear_error():
+    loop = TrialLoop(TrialPlan(config={**CFG, "lr": 1e30}, epochs=2, **PLAN), torch.device("cpu"))
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        list(loop.run())
