@@ -286,7 +286,7 @@ def _latex(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def metric_column(trials: pd.DataFrame, metric: str) -> str:
+def metric_column(metric: str) -> str:
     """The trials-table column holding a metric's value at the last evaluation."""
     return f"final.{metric}"
 
@@ -299,7 +299,7 @@ def ranking(sweep_dir: str | Path, metric: str | None = None) -> pd.DataFrame:
     from tuneclust.spec import objective_mode
 
     mode = mode if metric == obj else objective_mode(metric)
-    col = metric_column(trials, metric)
+    col = metric_column(metric)
     params = searched_params(sweep_dir, trials)
     keep = ["trial_id", "arm", *params, "status", "epochs_run", col]
     for extra in ("final.acc", "final.nmi", "final.ari", "final.silhouette"):
@@ -332,7 +332,7 @@ def write_report(
     out = Path(out) if out else sweep_dir / "report"
     trials, _ = load_results(sweep_dir)
     metric = metric or objective(sweep_dir)[0]
-    col = metric_column(trials, metric)
+    col = metric_column(metric)
     written = write_table(ranking(sweep_dir, metric), out / "ranking")
     done = trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
     if col not in done or done.empty:

@@ -15,7 +15,7 @@ import random
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class TrialPlan:
     eval_every: int = 1
     cpu: float = 1.0
     gpu: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_point(
