@@ -58,6 +58,12 @@ def study(sweep_dir: Path, out: Path, param: str, stem: str) -> list[Path]:
     if epochs.empty or "acc" not in epochs:
         raise SystemExit(f"{sweep_dir}: no evaluations with ACC in epochs.parquet")
     col = f"config.{param}"
+    last = epochs.groupby("trial_id")["epoch"].max()
+    if last.nunique() > 1:  # e.g. an ASHA sweep: the windows sit at different points of training
+        print(
+            f"warning: {sweep_dir}: trials ended at different epochs ({sorted(int(e) for e in last.unique())}); a scheduler "
+            "stopped some early, so their windows are not comparable with the paper's fixed 2000 epochs"
+        )
     win = last_window(epochs)
     hue = "arm" if win["arm"].nunique() > 1 else None
     by = [col] if hue is None else ["arm", col]
