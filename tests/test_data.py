@@ -312,3 +312,33 @@ def test_real_torchvision_usps_parser_on_tiny_bz2_files(tmp_path):
     d = load_dataset(DataConfig(name="usps", root=str(tmp_path), download=False))
     assert d.x.shape == (3, 1, 16, 16) and d.y.tolist() == [0, 9, 2]  # USPS labels 1..10 -> 0..9
     assert float(d.x[:, 0, 0, 0].min()) == 1.0 and float(d.x.sum()) == 3.0
+
+
+def test_decoded_splits_are_cached_so_trials_skip_torchvision(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    FakeCIFAR10.calls = []
+    cfg = DataConfig(name="cifar10", root=str(tmp_path))
+    prepare_data(cfg)  # the driver: decodes and verifies once, writes the cache
+    assert len(FakeCIFAR10.calls) == 2
+    assert sorted(p.name for p in (tmp_path / ".tuneclust-cache").iterdir()) == [
+        "cifar10-test.pt",
+        "cifar10-train.pt",
+    ]
+    first = load_dataset(cfg)
+    prepare_data(cfg)  # cached: nothing to do
+    assert len(FakeCIFAR10.calls) == 2, "a trial must not go back to torchvision once the cache exists"
+
+    class Gone:
+        def __init__(self, *a, **k):
+            raise AssertionError("torchvision was called despite the cache")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Gone)
+    again = load_dataset(cfg)
+    assert torch.equal(first.x, again.x) and first.y.tolist() == again.y.tolist() == [1, 1, 1, 7, 7]
+
+
+def test_unwritable_cache_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    (tmp_path / ".tuneclust-cache").write_text("not a folder")  # mkdir fails: loading must still work
+    d = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), split="train"))
+    assert len(d) == 3

@@ -182,20 +182,49 @@ def _cifar100_coarse(folder: Path, split: str) -> np.ndarray:
     return np.asarray(entry["coarse_labels"], dtype=np.int64)
 
 
+CACHE_DIR = ".tuneclust-cache"
+"""Under a torchvision dataset's root: each split decoded once to uint8 NCHW + labels (``<name>-<split>.pt``).
+Trials then load one file instead of re-parsing (and, for STL-10, re-hashing 2.6 GB). Delete it to rebuild."""
+
+
+def _cache_path(cfg: DataConfig, split: str) -> Path:
+    return _root(cfg) / CACHE_DIR / f"{cfg.name}-{split}.pt"
+
+
+def _decode_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, np.ndarray]:
+    """One split through torchvision (which verifies the files): uint8 (N, C, H, W) and int64 labels."""
+    spec = _TORCHVISION[cfg.name]
+    ds = _torchvision_dataset(cfg, split, cfg.download)
+    a = np.asarray(ds.data)
+    a = a[:, None] if spec.layout == "NHW" else a.transpose(0, 3, 1, 2) if spec.layout == "NHWC" else a
+    if cfg.name == "cifar100":
+        y = _cifar100_coarse(_root(cfg) / spec.folder, split)
+    else:
+        y = np.asarray(ds.labels if spec.split_kw == "split" else ds.targets)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8)), y.astype(np.int64)
+
+
+def _load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, np.ndarray]:
+    """A split from the cache, or decoded and then cached (best effort: a read-only root just skips the cache)."""
+    path = _cache_path(cfg, split)
+    if path.exists():
+        cached = torch.load(path, weights_only=True)
+        return cached["x"], cached["y"].numpy()
+    x, y = _decode_split(cfg, split)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"x": x, "y": torch.from_numpy(y)}, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return x, y
+
+
 def _load_torchvision(cfg: DataConfig) -> tuple[torch.Tensor, np.ndarray]:
     """MNIST, Fashion-MNIST, USPS, CIFAR-10, CIFAR-100 (coarse), STL-10 (labelled): uint8 -> [0, 1]."""
-    spec = _TORCHVISION[cfg.name]
-    xs, ys = [], []
-    for split in _splits(cfg):
-        ds = _torchvision_dataset(cfg, split, cfg.download)
-        a = np.asarray(ds.data)
-        a = a[:, None] if spec.layout == "NHW" else a.transpose(0, 3, 1, 2) if spec.layout == "NHWC" else a
-        xs.append(a)
-        if cfg.name == "cifar100":
-            ys.append(_cifar100_coarse(_root(cfg) / spec.folder, split))
-        else:
-            ys.append(np.asarray(ds.labels if spec.split_kw == "split" else ds.targets))
-    return _uint8_images(np.concatenate(xs)), np.concatenate(ys).astype(np.int64)
+    parts = [_load_split(cfg, split) for split in _splits(cfg)]
+    return _uint8_images(torch.cat([p[0] for p in parts])), np.concatenate([p[1] for p in parts])
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -362,7 +391,8 @@ def prepare_data(cfg: DataConfig) -> None:
     check_data(cfg)
     if cfg.name in _TORCHVISION:
         for split in _splits(cfg):
-            _torchvision_dataset(cfg, split, cfg.download)
+            if not _cache_path(cfg, split).exists():
+                _load_split(cfg, split)  # downloads/verifies once, and writes the cache trials read
 
 
 # ---------------------------------------------------------------------------------------------- transforms
