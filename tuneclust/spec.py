@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneclust import metrics
-from tuneclust.data.registry import DATASETS, DataConfig
+from tuneclust.data.registry import DATASETS, DataConfig, check_data
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SEARCHERS = ("grid", "random", "optuna")
@@ -216,8 +217,6 @@ class Spec(_Strict):
     @field_validator("ablation")
     @classmethod
     def _arm_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        import re
-
         for arm in v:
             if not re.match(NAME_PATTERN, str(arm)):
                 raise ValueError(f"arm name {arm!r} must match {NAME_PATTERN}")
@@ -259,6 +258,11 @@ class Spec(_Strict):
             for values in itertools.product(*(grid[k] for k in keys)):
                 out.append({**dict(zip(keys, values)), "arm": arm})
         return out
+
+    def data_configs(self) -> list[DataConfig]:
+        """The data config of every dataset the sweep uses (one per ``data.name`` value when it is searched)."""
+        names = list(self.search["data.name"].value) if "data.name" in self.search else [self.data.name]
+        return [DataConfig.model_validate({**self.data.model_dump(), "name": n}) for n in names]
 
     def resolve(self, point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(method config, data config) of one trial: config <- arm overrides <- searched values."""
@@ -449,13 +453,9 @@ def _check_semantics(spec: Spec, source: str) -> None:
             "resources.gpu",
             "a fraction must be below 1 (several trials per GPU), else a whole number",
         )
-    try:
-        from tuneclust.data.registry import check_data
-    except ImportError:  # pragma: no cover - the registry always provides it
-        return
-    for v in spec.search["data.name"].probes() if "data.name" in spec.search else [spec.data.name]:
+    for data in spec.data_configs():
         try:
-            check_data(DataConfig.model_validate({**spec.data.model_dump(), "name": v}))
+            check_data(data)
         except ValueError as e:
             raise SpecError(source, "data.root" if spec.data.root else "data", str(e)) from None
 

@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from tuneclust import tracking
-from tuneclust.data.registry import DataConfig
+from tuneclust.data.registry import DataError, prepare_data
 from tuneclust.methods import get_method
 from tuneclust.spec import Asha, Hyperband, Median, Pbt, SearchDim, Spec
 from tuneclust.trainable import ray_trainable
@@ -389,15 +389,9 @@ def run_sweep(
 
 
 def _prepare_data(spec: Spec) -> None:
-    """Download torchvision data once in the driver (trials would race); offline errors surface here."""
-    from tuneclust.data import registry
-
-    names = list(spec.search["data.name"].value) if "data.name" in spec.search else [spec.data.name]
-    prepare = getattr(registry, "prepare_data", None)
-    if prepare is None:
-        return
-    for name in names:
+    """Download and cache torchvision data once in the driver (trials would race); offline errors surface here."""
+    for data in spec.data_configs():
         try:
-            prepare(DataConfig.model_validate({**spec.data.model_dump(), "name": name}))
-        except registry.DataError as e:
+            prepare_data(data)
+        except DataError as e:
             raise SweepError(f"data: {e}") from None
