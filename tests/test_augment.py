@@ -247,26 +247,3 @@ def test_normalize_per_channel():
     x = torch.tensor([[0.5, 1.0], [0.2, 0.0]]).view(1, 2, 1, 2)
     y = A.normalize(x, mean=(0.5, 0.1), std=(0.25, 0.5))
     torch.testing.assert_close(y, torch.tensor([[0.0, 2.0], [0.2, -0.2]]).view(1, 2, 1, 2))
-
-
-def test_augment_composes_steps_in_order():
-    x = images(b=8)
-    pipe = A.Augment(
-        [
-            partial(A.random_resized_crop, scale=(0.2, 1.0)),
-            partial(A.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4, p=0.8),
-            partial(A.random_grayscale, p=0.2),
-            A.horizontal_flip,
-            partial(A.normalize, mean=(0.5,) * 3, std=(0.25,) * 3),
-        ]
-    )
-    g = gen(5)
-    ref = A.random_resized_crop(x, scale=(0.2, 1.0), generator=g)
-    ref = A.color_jitter(ref, brightness=0.4, contrast=0.4, saturation=0.4, p=0.8, generator=g)
-    ref = A.horizontal_flip(A.random_grayscale(ref, p=0.2, generator=g), generator=g)
-    ref = (ref - 0.5) / 0.25
-    with torch.no_grad():
-        out = pipe(x, gen(5))
-    assert len(pipe) == 5 and "random_resized_crop" in repr(pipe)
-    torch.testing.assert_close(out, ref)
-    assert torch.equal(A.Augment([])(x, gen(0)), x)

@@ -19,13 +19,12 @@ Deliberate differences from torchvision, for batching:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Step = Callable[..., Tensor]
 """An augmentation step, called as ``step(x, generator=generator)`` (e.g. a ``functools.partial`` of an op)."""
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision's rgb_to_grayscale
@@ -199,10 +198,10 @@ def random_erasing(
 # ---------------------------------------------------------------------------------------------- colour
 
 
-def to_grayscale(x: Tensor, *, channels: int = 1, generator: torch.Generator | None = None) -> Tensor:
+def to_grayscale(x: Tensor, *, channels: int = 1) -> Tensor:
     """Luma (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B; a 1-channel image is its own luma) repeated to ``channels``.
 
-    Returns (B, channels, H, W). ``generator`` is unused (accepted so the op can be an :class:`Augment` step).
+    Returns (B, channels, H, W).
     """
     _check(x)
     if x.shape[1] == 3:
@@ -311,37 +310,8 @@ def channel_shuffle(x: Tensor, *, generator: torch.Generator) -> Tensor:
     return x.gather(1, perm[:, :, None, None].expand_as(x))
 
 
-def normalize(
-    x: Tensor,
-    mean: Sequence[float] | Tensor,
-    std: Sequence[float] | Tensor,
-    *,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """(x - mean) / std per channel (not random; ``generator`` is accepted and unused, for :class:`Augment`)."""
+def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """(x - mean) / std per channel."""
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, *([1] * (x.ndim - 2)))
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, *([1] * (x.ndim - 2)))
     return (x - m) / s
-
-
-class Augment:
-    """A pipeline of steps applied in order, each called as ``step(x, generator=generator)``.
-
-    Example:
-        ``Augment([partial(random_resized_crop, scale=(0.2, 1.0)), partial(horizontal_flip, p=0.5)])``
-    """
-
-    def __init__(self, steps: Sequence[Step]) -> None:
-        self.steps = list(steps)
-
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        for step in self.steps:
-            x = step(x, generator=generator)
-        return x
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def __repr__(self) -> str:
-        names = (getattr(getattr(s, "func", s), "__name__", repr(s)) for s in self.steps)
-        return f"Augment({', '.join(names)})"
