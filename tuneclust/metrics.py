@@ -24,6 +24,15 @@ MODES = {
     "calinski_harabasz": "max",
     "davies_bouldin": "min",
 }
+
+
+def metric_mode(name: str) -> str:
+    """A metric's natural direction: ``max`` for scores, ``min`` for Davies-Bouldin, losses and critic estimates."""
+    if name in MODES:
+        return MODES[name]
+    return "min" if name.startswith("loss") or "critic" in name or "distance" in name else "max"
+
+
 SILHOUETTE_SAMPLE = 2000
 """Silhouette is O(N^2): computed on this many points, a fixed random subsample (seed 0) of the evaluation set."""
 

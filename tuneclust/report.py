@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from tuneclust.metrics import metric_mode
+
 CONFIG = "config."
 
 
@@ -103,11 +105,9 @@ def finished_or_exit(sweep_dirs: list[Path], need: Sequence[str] = ()) -> pd.Dat
 
 def objective(sweep_dir: str | Path) -> tuple[str, str]:
     """(metric, mode) of the sweep's objective, from its stored spec (default acc, max)."""
-    from tuneclust.spec import objective_mode
-
     obj = load_spec_dict(sweep_dir).get("objective", {}) or {}
     metric = obj.get("metric") or "acc"
-    return metric, obj.get("mode") or objective_mode(metric)
+    return metric, obj.get("mode") or metric_mode(metric)
 
 
 def searched_params(sweep_dir: str | Path, trials: pd.DataFrame) -> list[str]:
@@ -296,9 +296,7 @@ def ranking(sweep_dir: str | Path, metric: str | None = None) -> pd.DataFrame:
     trials, _ = load_results(sweep_dir)
     obj, mode = objective(sweep_dir)
     metric = metric or obj
-    from tuneclust.spec import objective_mode
-
-    mode = mode if metric == obj else objective_mode(metric)
+    mode = mode if metric == obj else metric_mode(metric)
     col = metric_column(metric)
     params = searched_params(sweep_dir, trials)
     keep = ["trial_id", "arm", *params, "status", "epochs_run", col]

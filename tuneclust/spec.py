@@ -229,7 +229,7 @@ class Spec(_Strict):
 
     @property
     def mode(self) -> str:
-        return self.objective.mode or objective_mode(self.objective.metric)
+        return self.objective.mode or metrics.metric_mode(self.objective.metric)
 
     def grid_dims(self) -> dict[str, list[Any]]:
         """Dimensions enumerated exhaustively (grid; and choice under the grid searcher)."""
@@ -269,12 +269,6 @@ class Spec(_Strict):
         from tuneclust.trainable import resolve_point
 
         return resolve_point(self.config, self.ablation, self.data.model_dump(), point)
-
-
-def objective_mode(metric: str) -> str:
-    if metric in metrics.MODES:
-        return metrics.MODES[metric]
-    return "min" if metric.startswith("loss") or "critic" in metric or "distance" in metric else "max"
 
 
 # loading -----------------------------------------------------------------------------------------------

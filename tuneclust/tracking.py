@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from tuneclust.metrics import metric_mode
+
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 MLFLOW_STATE = "mlflow.json"
@@ -32,12 +34,6 @@ def default_tracking_uri() -> str:
 
 def is_label_metric(name: str) -> bool:
     return name in LABELLED_SUFFIXES or name.endswith(tuple(f"_{s}" for s in LABELLED_SUFFIXES))
-
-
-def metric_mode(name: str) -> str:
-    from tuneclust.spec import objective_mode
-
-    return objective_mode(name)
 
 
 def _cell(v: Any) -> Any:
