@@ -1,8 +1,8 @@
 """Where results go: MLflow (one parent run per sweep, one child run per trial) and two Parquet tables.
 
 Only this module imports mlflow. Everything here runs in the sweep's driver process (Ray callbacks forward
-trial events to it), so a sqlite store has one writer. Parquet files are rewritten atomically as trials
-finish, so a crash keeps every finished trial.
+trial events to it), so a sqlite store has one writer. Parquet files are rewritten atomically at every
+evaluation, so a crash keeps every finished trial and what running trials had reported.
 """
 
 from __future__ import annotations
@@ -165,7 +165,6 @@ class ResultTables:
             if (sweep_dir / EPOCHS_FILE).exists():
                 for row in pd.read_parquet(sweep_dir / EPOCHS_FILE).to_dict("records"):
                     self.epochs.setdefault(row["trial_id"], []).append(row)
-        self._last_flush = 0.0
 
     def add_eval(self, trial_id: str, ident: dict[str, Any], values: dict[str, Any]) -> None:
         """Record one evaluation; an epoch reported again (after a restore) replaces the earlier row."""
@@ -173,8 +172,7 @@ class ResultTables:
         rows = [r for r in self.epochs.get(trial_id, []) if r.get("epoch") != values.get("epoch")]
         rows.append(row)
         self.epochs[trial_id] = rows
-        if time.monotonic() - self._last_flush > 30:
-            self.flush()
+        self.flush()  # every evaluation: a crashed driver must not lose what running trials already reported
 
     def finish(
         self, trial_id: str, ident: dict[str, Any], status: str, error: str | None, wall_time_s: float | None
@@ -220,4 +218,3 @@ class ResultTables:
         rows = [r for rs in self.epochs.values() for r in rs]
         if rows:
             _write_atomic(pd.DataFrame(rows), self.dir / EPOCHS_FILE)
-        self._last_flush = time.monotonic()
