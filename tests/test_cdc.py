@@ -184,7 +184,8 @@ def test_config_defaults_and_strictness():
 
 def test_epoch_plan_phases_and_evaluation(digits):
     m = _method(digits, epochs=5, pretrain_epochs=2, finetune_iters=10, update_interval=4)
-    assert m.evaluate().assignment is None and m.progress() == {"phase": 0.0, "finetune_iter": 0.0}
+    assert m.evaluate().assignment is None
+    assert m.progress() == {"phase": 0.0, "finetune_iter": 0.0, "lr": m.cfg.pretrain_lr}
     pre = [_epoch(m) for _ in range(2)]
     assert set(pre[0]) == {"loss", "loss_r", "loss_cr_x", "loss_cr_xrec"}
     assert m.progress()["phase"] == 1.0 and m.steps == 2 * math.ceil(300 / 32)  # centres set at the boundary

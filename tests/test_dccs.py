@@ -171,15 +171,15 @@ def test_toggle_off_removes_exactly_that_term(digits: Dataset, off: str) -> None
     x = data.x[:32]
     enc_calls, disc_calls, critic_calls = (_count_calls(m) for m in (part.encoder, part.disc, part.critic))
     on, lo = full.encoder_losses(x), part.encoder_losses(x)
-    assert getattr(lo, off).item() == 0.0
+    assert set(lo.terms) == {"mi", "aug", "adv"} - {off}, "an off term is neither computed nor logged"
     weights = {"mi": 0.7, "aug": 3.0, "adv": 1.3}
-    expected = sum(weights[k] * getattr(lo, k) for k in ("mi", "aug", "adv") if k != off)
+    expected = sum(weights[k] * lo.terms[k] for k in ("mi", "aug", "adv") if k != off)
     assert lo.total.item() == pytest.approx(expected.item(), rel=1e-6)
     assert enc_calls[0] == (1 if off == "aug" else 2)  # T(x) is not encoded when aug is off
     assert disc_calls[0] == (0 if off == "mi" else 1) and critic_calls[0] == (0 if off == "adv" else 1)
     if off in ("mi", "adv"):  # augmentation draws come first, so aug and the other term are identical
-        assert lo.total.item() == pytest.approx((on.total - weights[off] * getattr(on, off)).item(), rel=1e-5)
-    part.opt_q.zero_grad(set_to_none=True)
+        assert lo.total.item() == pytest.approx((on.total - weights[off] * on.terms[off]).item(), rel=1e-5)
+    part.optimizers["q"].optimizer.zero_grad(set_to_none=True)
     part.critic.zero_grad(set_to_none=True)
     lo.total.backward()
     if off == "mi":
@@ -194,7 +194,7 @@ def test_adv_off_makes_no_critic_steps(digits: Dataset) -> None:
     calls = _count_calls(m.critic)
     out = m.train_epoch()
     assert calls[0] == 0 and all(torch.equal(a, b) for a, b in zip(before, m.critic.parameters()))
-    assert out["loss_critic"] == 0.0 and out["loss_gp"] == 0.0 and out["loss_adv"] == 0.0
+    assert not {"loss_critic", "loss_gp", "loss_adv"} & set(out), "off terms are not logged"
     assert m.steps == 2  # 10 batches: the cadence still gives 2 encoder steps (batches 5 and 10)
     ev = m.evaluate()
     assert "critic_loss" not in ev.scores and "w_distance" not in ev.scores

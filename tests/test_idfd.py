@@ -21,6 +21,7 @@ from tuneclust.losses.idfd import (
     init_bank,
     instance_loss,
     update_bank,
+    variant_weights,
 )
 from tuneclust.methods.base import NonFiniteLossError
 from tuneclust.methods.idfd import IDFD, IDFDConfig
@@ -159,19 +160,26 @@ def test_idfd_loss_combines_terms_with_alpha() -> None:
     l_i = instance_loss(f, bank, idx, 0.5)
     l_f = feature_decorrelation_loss(f, 3.0)
     l_fo = feature_orthogonal_loss(f)
-    out = idfd_loss(f, bank, idx, tau=0.5, tau2=3.0, alpha=2.5, variant="idfd")
-    assert torch.allclose(out.instance, l_i) and torch.allclose(out.feature, l_f)
+
+    def loss(variant: str, alpha: float):
+        return idfd_loss(f, bank, idx, tau=0.5, tau2=3.0, weights=variant_weights(variant, alpha))
+
+    out = loss("idfd", 2.5)
+    assert torch.allclose(out.terms["instance"], l_i) and torch.allclose(out.terms["decorrelation"], l_f)
+    assert set(out.terms) == {"instance", "decorrelation"}
     assert out.total.item() == pytest.approx(l_i.item() + 2.5 * l_f.item(), rel=1e-12)
-    out = idfd_loss(f, bank, idx, tau=0.5, tau2=3.0, alpha=10.0, variant="idfo")
+    out = loss("idfo", 10.0)
+    assert set(out.terms) == {"instance", "orthogonal"}
     assert out.total.item() == pytest.approx(l_i.item() + 10.0 * l_fo.item(), rel=1e-12)
-    out = idfd_loss(f, bank, idx, tau=0.5, tau2=3.0, alpha=2.5, variant="id")
-    assert out.feature is None and out.total.item() == pytest.approx(l_i.item(), rel=1e-12)
-    out = idfd_loss(f, bank, idx, tau=0.5, tau2=3.0, alpha=0.0, variant="idfd")
-    assert out.total.item() == pytest.approx(l_i.item(), rel=1e-12)
+    out = loss("id", 2.5)
+    assert set(out.terms) == {"instance"} and out.total.item() == pytest.approx(l_i.item(), rel=1e-12)
+    out = loss("idfd", 0.0)  # a weight of 0 switches the term off: not computed, not logged
+    assert set(out.terms) == {"instance"} and out.total.item() == pytest.approx(l_i.item(), rel=1e-12)
+    assert set(out.logged()) == {"loss", "loss_instance"}
     out.total.backward()
     assert f.grad is not None and torch.isfinite(f.grad).all()
     with pytest.raises(ValueError, match="variant"):
-        idfd_loss(f, bank, idx, tau=1.0, tau2=2.0, alpha=1.0, variant="idx")  # type: ignore[arg-type]
+        variant_weights("idx", 1.0)  # type: ignore[arg-type]
 
 
 # --- the method on the digits -----------------------------------------------------------------------------
@@ -210,7 +218,7 @@ def test_method_learns_on_digits(digits: Dataset) -> None:
     losses = [_epoch(m) for _ in range(6)]
     assert all(math.isfinite(v) for out in losses for v in out.values())
     assert losses[-1]["loss"] < losses[0]["loss"] and losses[-1]["loss_instance"] < losses[0]["loss_instance"]
-    assert set(losses[0]) == {"loss", "loss_instance", "loss_feature"}
+    assert set(losses[0]) == {"loss", "loss_instance", "loss_decorrelation"}
     assert m.steps == 6 * 8 and m.images_seen == 6 * 400
     ev = m.evaluate()
     assert ev.assignment is None and ev.embedding.shape == (400, 128) and ev.embedding.dtype == np.float32
@@ -249,7 +257,8 @@ def test_resume_equals_straight_run(digits: Dataset) -> None:
     got.append(_epoch(resumed))
     assert got == expected
     assert torch.equal(resumed.bank, straight.bank)
-    assert resumed.steps == straight.steps and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.003)
+    lr = resumed.optimizers["sgd"].optimizer.param_groups[0]["lr"]
+    assert resumed.steps == straight.steps and lr == pytest.approx(0.003)
 
 
 def test_id_variant_logs_no_feature_term_and_nonfinite_raises(digits: Dataset) -> None:

@@ -8,18 +8,40 @@ import pytest
 import torch
 
 from tuneclust.methods import NonFiniteLossError
-from tuneclust.trainable import TrialLoop, TrialPlan, resolve_point, select_device
+from tuneclust.plan import SweepPlan, merge
+from tuneclust.trainable import TrialLoop, TrialPlan, select_device
 
 
-def test_resolve_point_layers_config_arm_then_search():
-    cfg, data = resolve_point(
+def test_merge_layers_config_arm_then_search():
+    cfg, data = merge(
         {"tau": 1.0, "variant": "idfd", "alpha": 1.0},
-        {"IDFO": {"variant": "idfo", "alpha": 10.0}},
+        {"variant": "idfo", "alpha": 10.0},
         {"name": "digits", "subsample": None},
         {"arm": "IDFO", "tau": 0.5, "data.subsample": 100},
     )
     assert cfg == {"tau": 0.5, "variant": "idfo", "alpha": 10.0}
     assert data == {"name": "digits", "subsample": 100}
+
+
+def test_sweep_plan_gives_the_worker_and_the_tables_the_same_trial():
+    plan = SweepPlan(
+        method="idfd",
+        config={"tau": 1.0, "backbone": "convnet"},
+        ablation={"ID": {"variant": "id", "tau": 0.07}},
+        data={"name": "digits", "subsample": None},
+        epochs=3,
+        eval_every=1,
+        cpu=1,
+        gpu=0,
+    )
+    point = {"arm": "ID", "seed": 2, "data.subsample": 50}
+    trial = plan.trial(point)
+    assert trial.config == {"tau": 0.07, "backbone": "convnet", "variant": "id", "seed": 2}
+    assert trial.data["subsample"] == 50 and trial.epochs == 3
+    ident = plan.identity(point)
+    assert ident["arm"] == "ID" and ident["config.tau"] == 0.07 and ident["config.seed"] == 2
+    assert ident["config.lr"] == 0.03, "identity holds every resolved key, defaults included"
+    assert ident["data.subsample"] == 50 and ident["data.name"] == "digits"
 
 
 def test_cpu_trial_hides_the_gpus(monkeypatch):

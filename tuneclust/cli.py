@@ -165,8 +165,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from tuneclust.data.registry import DataError
+    from tuneclust.plan import SweepPlan
     from tuneclust.spec import SpecError
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     try:
         spec = _load(args.spec, args.overrides, args.smoke)
@@ -177,11 +178,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _fail(f"{args.spec}: --arm: unknown arm {arm!r}; expected one of {spec.arms}")
     point = {k: d.representative() for k, d in spec.search.items()}
     point["arm"] = arm
-    cfg, data = spec.resolve(point)
     device_name = args.device
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    plan = TrialPlan(spec.method, cfg, data, spec.budget.epochs, spec.budget.eval_every, spec.resources.cpu)
+    plan = SweepPlan.from_spec(spec).trial(point)
     print(f"train {spec.name}: method {spec.method}, arm {arm or '-'}, point {point}, device {device_name}")
     try:
         loop = TrialLoop(plan, torch.device(device_name))

@@ -7,7 +7,6 @@ nothing in a spec is evaluated as code. ``--set dotted.key=value`` overrides go 
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from pathlib import Path
@@ -18,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuneclust import metrics
 from tuneclust.data.registry import DATASETS, DataConfig, check_data
+from tuneclust.plan import merge
+from tuneclust.space import SearchSpace
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SEARCHERS = ("grid", "random", "optuna")
@@ -231,44 +232,18 @@ class Spec(_Strict):
     def mode(self) -> str:
         return self.objective.mode or metrics.metric_mode(self.objective.metric)
 
-    def grid_dims(self) -> dict[str, list[Any]]:
-        """Dimensions enumerated exhaustively (grid; and choice under the grid searcher)."""
-        return {
-            k: list(d.value)
-            for k, d in self.search.items()
-            if d.kind == "grid" or (d.kind == "choice" and self.searcher.type == "grid")
-        }
-
-    def sampled_dims(self) -> dict[str, SearchDim]:
-        grid = self.grid_dims()
-        return {k: d for k, d in self.search.items() if k not in grid}
+    @property
+    def space(self) -> SearchSpace:
+        """The search space (grid/sampled dimensions, cells, trial count): :mod:`tuneclust.space`."""
+        return SearchSpace.of(self)
 
     def num_trials(self) -> int:
-        cells = math.prod(len(v) for v in self.grid_dims().values()) * len(self.arms)
-        if self.searcher.type == "optuna" and not self.sampled_dims():
-            return cells
-        return cells * self.num_samples
-
-    def cells(self) -> list[dict[str, Any]]:
-        """Every combination of grid values and arm (``arm`` key), in a stable order."""
-        grid = self.grid_dims()
-        keys = list(grid)
-        out = []
-        for arm in self.arms:
-            for values in itertools.product(*(grid[k] for k in keys)):
-                out.append({**dict(zip(keys, values)), "arm": arm})
-        return out
+        return self.space.num_trials()
 
     def data_configs(self) -> list[DataConfig]:
         """The data config of every dataset the sweep uses (one per ``data.name`` value when it is searched)."""
         names = list(self.search["data.name"].value) if "data.name" in self.search else [self.data.name]
         return [DataConfig.model_validate({**self.data.model_dump(), "name": n}) for n in names]
-
-    def resolve(self, point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(method config, data config) of one trial: config <- arm overrides <- searched values."""
-        from tuneclust.trainable import resolve_point
-
-        return resolve_point(self.config, self.ablation, self.data.model_dump(), point)
 
 
 # loading -----------------------------------------------------------------------------------------------
@@ -373,7 +348,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
             raise SpecError(
                 source, f"config.{key}", f"unknown {spec.method} config key; expected one of {sorted(fields)}"
             )
-    check_cfg(spec.config, "config")
+    check_cfg(merge(spec.config, {}, {}, {})[0], "config")
     for arm, over in spec.ablation.items():
         for key in over:
             if key not in fields:
@@ -382,7 +357,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
                 raise SpecError(
                     source, f"ablation.{arm}.{key}", "also a search key: an arm must not fix a searched key"
                 )
-        check_cfg({**spec.config, **over}, f"ablation.{arm}")
+        check_cfg(merge(spec.config, over, {}, {})[0], f"ablation.{arm}")
     for key, dim in spec.search.items():
         field = f"search.{key}"
         if key.startswith("data."):
@@ -409,11 +384,11 @@ def _check_semantics(spec: Spec, source: str) -> None:
             )
         for v in dim.probes():
             try:
-                method.Config.model_validate({**spec.config, key: v})
+                method.Config.model_validate(merge(spec.config, {}, {}, {key: v})[0])
             except ValidationError as e:
                 raise SpecError(source, f"{field}.{dim.kind}", _first_error(e)[1]) from None
-    if spec.searcher.type == "grid" and spec.sampled_dims():
-        bad = next(iter(spec.sampled_dims()))
+    if spec.searcher.type == "grid" and spec.space.sampled_dims():
+        bad = next(iter(spec.space.sampled_dims()))
         raise SpecError(
             source, f"search.{bad}", "searcher grid needs grid/choice values; use searcher random or optuna"
         )
@@ -435,7 +410,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
         for key in sched.hyperparam_mutations or []:
             if key not in spec.search:
                 raise SpecError(source, "scheduler.hyperparam_mutations", f"{key!r} is not a search key")
-        if not (sched.hyperparam_mutations or spec.sampled_dims()):
+        if not (sched.hyperparam_mutations or spec.space.sampled_dims()):
             raise SpecError(
                 source,
                 "scheduler.hyperparam_mutations",

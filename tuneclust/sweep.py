@@ -1,27 +1,24 @@
 """A validated :class:`~tuneclust.spec.Spec` -> a ``ray.tune.Tuner`` -> results (or a restored Tuner).
 
-Searchers: ``grid`` and ``random`` use Ray's variant generator (grid dimensions crossed, random ones sampled,
-seeded); ``optuna`` runs a seeded TPE study inside every *cell* of the grid (grid values x ablation arms), so a
-grid mixed with Optuna is exhaustive over the grid and adaptive over the rest (:class:`CellSearcher`).
-Trial events reach MLflow and the Parquet tables through :class:`TrackingCallback` in this (driver) process.
+The search space and searchers live in :mod:`tuneclust.space`, the trial plan in :mod:`tuneclust.plan`. Trial
+events reach MLflow and the Parquet tables through :class:`TrackingCallback` in this (driver) process.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ray import tune
-from ray.tune.search import Searcher
 
 from tuneclust import tracking
 from tuneclust.data.registry import DataError, prepare_data
-from tuneclust.methods import get_method
-from tuneclust.spec import Asha, Hyperband, Median, Pbt, SearchDim, Spec
+from tuneclust.plan import SweepPlan
+from tuneclust.space import build_searcher, domain, param_space
+from tuneclust.spec import Asha, Hyperband, Median, Pbt, Spec
 from tuneclust.trainable import ray_trainable
 
 RAY_KEYS = {
@@ -31,102 +28,12 @@ RAY_KEYS = {
 }  # fmt: skip
 
 
+PBT_CHECKPOINTS = 4
+"""Checkpoints kept per trial under PBT (Ray's PBT needs at least the last two of a donor; 4 leaves slack)."""
+
+
 class SweepError(RuntimeError):
     """The sweep cannot start (bad storage state, missing resources); the CLI prints it and exits 2."""
-
-
-def domain(dim: SearchDim) -> Any:
-    """The Ray Tune domain of one search dimension (``randint`` is [low, high) like Ray and numpy)."""
-    v = dim.value
-    return {
-        "grid": lambda: tune.grid_search(list(v)),
-        "choice": lambda: tune.choice(list(v)),
-        "uniform": lambda: tune.uniform(v[0], v[1]),
-        "loguniform": lambda: tune.loguniform(v[0], v[1]),
-        "randint": lambda: tune.randint(v[0], v[1]),
-        "quniform": lambda: tune.quniform(v[0], v[1], v[2]),
-    }[dim.kind]()
-
-
-def param_space(spec: Spec) -> dict[str, Any]:
-    """Ray's param space for the grid/random searchers: grids crossed, the rest sampled, arms a grid."""
-    grid = spec.grid_dims()
-    space: dict[str, Any] = {k: tune.grid_search(v) for k, v in grid.items()}
-    space.update({k: domain(d) for k, d in spec.sampled_dims().items()})
-    space["arm"] = tune.grid_search(spec.arms) if spec.ablation else ""
-    return space
-
-
-class CellSearcher(Searcher):
-    """Optuna TPE within each grid cell: every cell gets ``per_cell`` trials from its own seeded study."""
-
-    def __init__(self, spec: Spec) -> None:
-        from optuna.samplers import TPESampler
-        from ray.tune.search.optuna import OptunaSearch
-
-        super().__init__(metric=spec.objective.metric, mode=spec.mode)
-        self.cells = spec.cells()
-        sampled = {k: domain(d) for k, d in spec.sampled_dims().items()}
-        per_cell = spec.num_samples if sampled else 1
-        seed, n_startup = spec.searcher.seed, spec.searcher.n_startup_trials
-        self.searchers = [
-            OptunaSearch(
-                space=sampled,
-                metric=spec.objective.metric,
-                mode=spec.mode,
-                sampler=TPESampler(seed=seed + i, n_startup_trials=n_startup),
-            )
-            if sampled
-            else None
-            for i in range(len(self.cells))
-        ]
-        self.remaining = [per_cell] * len(self.cells)
-        self.owner: dict[str, int] = {}
-        self.cursor = 0
-
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
-        return True  # metric, mode and space were fixed at construction
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        for _ in range(len(self.cells)):
-            i, self.cursor = self.cursor, (self.cursor + 1) % len(self.cells)
-            if self.remaining[i] > 0:
-                break
-        else:
-            return Searcher.FINISHED
-        self.remaining[i] -= 1
-        self.owner[trial_id] = i
-        point = dict(self.cells[i])
-        if self.searchers[i] is not None:
-            point.update(self.searchers[i].suggest(trial_id))
-        return point
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        s = self.searchers[self.owner[trial_id]] if trial_id in self.owner else None
-        if s is not None:
-            s.on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        s = self.searchers[self.owner[trial_id]] if trial_id in self.owner else None
-        if s is not None:
-            s.on_trial_complete(trial_id, result, error)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
-
-def build_searcher(spec: Spec) -> Any:
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-
-    if spec.searcher.type == "optuna":
-        searcher: Any = CellSearcher(spec)
-        return ConcurrencyLimiter(searcher, spec.max_concurrent) if spec.max_concurrent else searcher
-    return BasicVariantGenerator(random_state=spec.searcher.seed, max_concurrent=spec.max_concurrent or 0)
 
 
 def build_scheduler(spec: Spec) -> Any:
@@ -156,7 +63,7 @@ def build_scheduler(spec: Spec) -> Any:
             time_attr=s.time_attr, grace_period=s.grace_period, min_samples_required=s.min_samples_required
         )
     if isinstance(s, Pbt):
-        keys = s.hyperparam_mutations or list(spec.sampled_dims())
+        keys = pbt_keys(spec)
         return PopulationBasedTraining(
             time_attr=s.time_attr,
             perturbation_interval=s.perturbation_interval,
@@ -167,15 +74,12 @@ def build_scheduler(spec: Spec) -> Any:
     return FIFOScheduler()
 
 
-def trial_identity(spec: Spec, point: dict[str, Any]) -> dict[str, Any]:
-    """The columns that identify a trial: arm, every resolved method config key, the data fields."""
-    cfg, data = spec.resolve(point)
-    resolved = get_method(spec.method).Config.model_validate(cfg).model_dump()
-    ident: dict[str, Any] = {"arm": point.get("arm", "")}
-    ident.update({f"config.{k}": v for k, v in resolved.items()})
-    ident["data.name"] = data["name"]
-    ident.update({k: v for k, v in point.items() if k.startswith("data.")})
-    return ident
+def pbt_keys(spec: Spec) -> list[str]:
+    """The search keys PBT mutates (none unless the scheduler is PBT)."""
+    s = spec.scheduler
+    if not isinstance(s, Pbt):
+        return []
+    return list(s.hyperparam_mutations or spec.space.sampled_dims())
 
 
 def _error_line(trial: Any) -> str:
@@ -194,6 +98,8 @@ class TrackingCallback(tune.Callback):
 
     def __init__(self, spec: Spec, sweep_dir: Path, spec_text: str, mlflow_uri: str | None) -> None:
         self.spec = spec
+        self.plan = SweepPlan.from_spec(spec)
+        self.mutated = pbt_keys(spec)
         self.sweep_dir = sweep_dir
         self.spec_text = spec_text
         self.mlflow_uri = mlflow_uri
@@ -208,7 +114,12 @@ class TrackingCallback(tune.Callback):
         resume = (self.sweep_dir / tracking.TRIALS_FILE).exists() or (
             self.sweep_dir / tracking.MLFLOW_STATE
         ).exists()
-        self._live = {"tables": tracking.ResultTables(self.sweep_dir, resume), "idents": {}, "last": {}}
+        self._live = {
+            "tables": tracking.ResultTables(self.sweep_dir, resume),
+            "idents": {},
+            "initial": {},
+            "last": {},
+        }
         if self.mlflow_uri:
             spec = self.spec
             tags = {
@@ -228,11 +139,15 @@ class TrackingCallback(tune.Callback):
     def tables(self) -> tracking.ResultTables:
         return self._live["tables"]
 
-    def _ident(self, trial: Any) -> dict[str, Any]:
+    def _ident(self, trial: Any, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The trial's table columns for ``config`` (default: its current config; PBT changes it)."""
+        config = dict(trial.config if config is None else config)
+        key = (trial.trial_id, repr(sorted(config.items(), key=lambda kv: kv[0])))
         idents = self._live["idents"]
-        if trial.trial_id not in idents:
-            idents[trial.trial_id] = trial_identity(self.spec, dict(trial.config))
-        return idents[trial.trial_id]
+        if key not in idents:
+            idents[key] = self.plan.identity(config)
+        self._live["initial"].setdefault(trial.trial_id, idents[key])
+        return idents[key]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         ident = self._ident(trial)
@@ -259,16 +174,21 @@ class TrackingCallback(tune.Callback):
             if k not in RAY_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
         }
         self._live["last"][trial.trial_id] = values
-        ident = self._ident(trial)
-        self.tables.add_eval(trial.trial_id, {"arm": ident["arm"], **ident}, values)
+        ident = self._ident(trial, result.get("config"))  # the config in force at this evaluation (PBT)
+        self.tables.add_eval(trial.trial_id, ident, values)
         mlf = self._live.get("mlflow")
         if mlf is not None:
+            mutated = {f"config.{k}": ident[f"config.{k}"] for k in self.mutated if f"config.{k}" in ident}
             mlf.log_metrics(
-                trial.trial_id, values, step=int(values.get("epoch", result.get("training_iteration", 0)))
+                trial.trial_id,
+                {**values, **mutated},  # PBT: the mutated values as a history (MLflow params are immutable)
+                step=int(values.get("epoch", result.get("training_iteration", 0))),
             )
 
     def _finish(self, trial: Any, status: str, error: str | None) -> None:
-        ident = self._ident(trial)
+        ident = dict(self._ident(trial))  # the final config
+        initial = self._live["initial"].get(trial.trial_id, ident)
+        ident.update({f"initial.{k}": v for k, v in initial.items() if ident.get(k) != v})
         last = self._live["last"].get(trial.trial_id)
         wall = float(last.get("time_total_s", 0.0)) if last else None
         self.tables.finish(trial.trial_id, ident, status, error, wall)
@@ -343,18 +263,8 @@ def run_sweep(
     mlflow_uri = None
     if spec.tracking.mlflow.enabled:
         mlflow_uri = spec.tracking.mlflow.uri or tracking.default_tracking_uri()
-    payload = {
-        "method": spec.method,
-        "config": spec.config,
-        "ablation": spec.ablation,
-        "data": spec.data.model_dump(),
-        "epochs": spec.budget.epochs,
-        "eval_every": spec.budget.eval_every,
-        "cpu": spec.resources.cpu,
-        "gpu": spec.resources.gpu,
-    }
     trainable = tune.with_resources(
-        tune.with_parameters(ray_trainable, payload=payload),
+        tune.with_parameters(ray_trainable, plan=SweepPlan.from_spec(spec)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state: at most 5 s behind a crash
@@ -364,7 +274,7 @@ def run_sweep(
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={} if spec.searcher.type == "optuna" else param_space(spec),
+            param_space=param_space(spec.space),
             tune_config=tune.TuneConfig(
                 metric=spec.objective.metric,
                 mode=spec.mode,
@@ -380,7 +290,8 @@ def run_sweep(
                 name=spec.name,
                 storage_path=str(out.parent),
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # PBT clones a donor's latest checkpoint while the donor goes on reporting: keep a few
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=PBT_CHECKPOINTS if pbt_keys(spec) else 1),
                 callbacks=[TrackingCallback(spec, out, spec_text, mlflow_uri)],
                 verbose=verbose,
             ),

@@ -1,21 +1,21 @@
 """The one trainable for every method.
 
 :class:`TrialLoop` is the Ray-free core (``python -m tuneclust train`` runs it in-process): seed everything,
-build data and method, loop epochs, evaluate every ``eval_every`` epochs, yield the metrics, checkpoint and
-resume. :func:`ray_trainable` is the thin Ray Tune function around it: it picks the device from the GPUs Ray
-assigned, resumes from ``tune.get_checkpoint()`` and reports through ``ray.tune.report`` with a checkpoint, so
-ASHA, PBT and ``--resume`` continue rather than restart. Ray is imported only inside that function.
+build data and method, run the method's epochs (the loop itself is :meth:`Method.train_epoch`), evaluate every
+``eval_every`` epochs, yield the metrics, checkpoint and resume. :func:`ray_trainable` is the thin Ray Tune
+function around it: it builds the trial's plan from the sweep's (:mod:`tuneclust.plan`), picks the device from the
+GPUs Ray assigned, resumes from ``tune.get_checkpoint()`` (a resume, an early-stopping continuation or a PBT
+exploit: the trial's *current* config wins over the checkpoint's hyperparameters) and reports through
+``ray.tune.report`` with a checkpoint. Ray is imported only inside that function.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,43 +23,13 @@ import numpy as np
 import torch
 
 from tuneclust import metrics
-from tuneclust.data.registry import DataConfig, load_dataset
-from tuneclust.methods import NonFiniteLossError, get_method
+from tuneclust.data.registry import DataConfig, Dataset, load_dataset
+from tuneclust.methods import get_method
+from tuneclust.plan import SweepPlan, TrialPlan
 
 STATE_FILE = "trial_state.pt"
 
-
-@dataclass
-class TrialPlan:
-    """Everything a trial needs, already resolved (no YAML, no search space)."""
-
-    method: str
-    config: dict[str, Any]
-    data: dict[str, Any]
-    epochs: int
-    eval_every: int = 1
-    cpu: float = 1.0
-    gpu: float = 0.0
-
-
-def resolve_point(
-    config: dict[str, Any], ablation: dict[str, dict[str, Any]], data: dict[str, Any], point: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(method config, data config) of one trial: fixed config <- the arm's overrides <- searched values.
-
-    ``point`` holds the searched values, ``arm`` (the ablation arm's name) and ``data.<field>`` keys.
-    """
-    cfg = dict(config)
-    cfg.update(ablation.get(point.get("arm", ""), {}))
-    data = dict(data)
-    for k, v in point.items():
-        if k == "arm":
-            continue
-        if k.startswith("data."):
-            data[k[5:]] = v
-        else:
-            cfg[k] = v
-    return cfg, data
+__all__ = ["STATE_FILE", "TrialLoop", "TrialPlan", "ray_trainable", "seed_everything", "select_device"]
 
 
 def seed_everything(seed: int) -> None:
@@ -90,21 +60,32 @@ def select_device(gpu_share: float, gpu_ids: list[Any] | None = None) -> torch.d
 
 
 class TrialLoop:
-    """Train and evaluate one trial. Iterate :meth:`run` to get the metrics of each evaluation."""
+    """Train and evaluate one trial. Iterate :meth:`run` to get the metrics of each evaluation.
 
-    def __init__(self, plan: TrialPlan, device: torch.device) -> None:
+    Args:
+        plan: the trial (method, config, data, budget, resources).
+        device: where the data and networks live.
+        dataset: the decoded dataset, if the caller already has it (e.g. from Ray's object store); else it is
+            loaded from ``plan.data``.
+        label: names the trial in error messages (e.g. Ray's trial id).
+    """
+
+    def __init__(
+        self, plan: TrialPlan, device: torch.device, dataset: Dataset | None = None, label: str = ""
+    ) -> None:
         self.plan = plan
         self.device = device
         cls = get_method(plan.method)
-        cfg = cls.Config.model_validate(plan.config)
+        cfg = cls.Config.model_validate(plan.config)  # the trial's one validation of its config
         self.seed = cfg.seed
         self.n_init = cfg.kmeans_n_init
         seed_everything(cfg.seed)
         torch.set_num_threads(max(1, int(plan.cpu)))
-        data = load_dataset(DataConfig.model_validate(plan.data))
+        data = dataset if dataset is not None else load_dataset(DataConfig.model_validate(plan.data))
         self.labels = data.y
         self.num_classes = data.num_classes
         self.method = cls(cfg, data.to(device), device, plan.epochs)
+        self.method.label = label or f"seed {cfg.seed}"
 
     def state(self) -> dict[str, Any]:
         rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -113,6 +94,7 @@ class TrialLoop:
         return {"method": self.method.state_dict(), "rng": rng, "plan_config": self.plan.config}
 
     def load(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint. The method re-applies this plan's config to its optimisers afterwards."""
         self.method.load_state_dict(state["method"])
         rng = state["rng"]
         random.setstate(rng["python"])
@@ -126,7 +108,11 @@ class TrialLoop:
             torch.cuda.synchronize(self.device)
 
     def evaluate(self) -> dict[str, float]:
-        ev = self.method.evaluate()
+        """The method's evaluation, checked for non-finite values, scored by :mod:`tuneclust.metrics`."""
+        m = self.method
+        ev = m.evaluate()
+        arrays = {"embedding": ev.embedding, **{f"view {k}": v for k, v in ev.views.items()}}
+        m.check_finite({k: v for k, v in arrays.items() if v is not None}, "embedding", epoch=m.epoch)
         return metrics.score_evaluation(ev, self.labels, self.num_classes, self.n_init, self.seed)
 
     def run(self) -> Iterator[dict[str, float]]:
@@ -136,17 +122,10 @@ class TrialLoop:
         while m.epoch < self.plan.epochs:
             self._sync()
             t0 = time.perf_counter()
-            losses = m.train_epoch()
+            losses = m.train_epoch()  # raises NonFiniteError naming the term and the epoch
             self._sync()
             train_time += time.perf_counter() - t0
             m.epoch += 1
-            bad = {k: v for k, v in losses.items() if not math.isfinite(float(v))}
-            if bad:
-                raise NonFiniteLossError(
-                    f"{self.plan.method}: non-finite loss at epoch {m.epoch}: "
-                    + ", ".join(f"{k}={v}" for k, v in bad.items())
-                    + f" (config {self.plan.config})"
-                )
             if m.epoch % self.plan.eval_every and m.epoch < self.plan.epochs:
                 continue
             t1 = time.perf_counter()
@@ -161,24 +140,15 @@ class TrialLoop:
             yield out
 
 
-def ray_trainable(config: dict[str, Any], payload: dict[str, Any]) -> None:
-    """Ray Tune function trainable. ``config`` is the trial's point of the search space (plus ``arm``);
-    ``payload`` the sweep's resolved fixed parts (method, config, ablation, data, budget, resources)."""
+def ray_trainable(config: dict[str, Any], plan: SweepPlan) -> None:
+    """Ray Tune function trainable. ``config`` is the trial's point of the search space (plus ``arm``), as
+    Ray holds it now (PBT mutates it); ``plan`` what every trial of the sweep shares."""
     import ray
     from ray import tune
 
-    cfg, data = resolve_point(payload["config"], payload["ablation"], payload["data"], config)
-    plan = TrialPlan(
-        method=payload["method"],
-        config=cfg,
-        data=data,
-        epochs=payload["epochs"],
-        eval_every=payload["eval_every"],
-        cpu=payload["cpu"],
-        gpu=payload["gpu"],
-    )
-    device = select_device(plan.gpu, ray.get_gpu_ids() if plan.gpu > 0 else [])
-    loop = TrialLoop(plan, device)
+    trial = plan.trial(config)
+    device = select_device(trial.gpu, ray.get_gpu_ids() if trial.gpu > 0 else [])
+    loop = TrialLoop(trial, device, label=f"trial {tune.get_context().get_trial_id()}")
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:

@@ -7,7 +7,8 @@ distribution ``C`` (Eq. 5); the losses are KL divergences between such distribut
 - affinity loss ``L_a = KL(C_Q || C_Z)`` between soft assignments and embeddings (Eq. 11), ``C_Q`` sharpened like
   DEC's target (Eq. 10) as the paper says and the public code does;
 - reconstruction ``L_r`` (Eq. 1, mean squared error as the public code's Keras ``mse``);
-- clustering ``L_c = KL(P || Q)`` is DEC's, in :mod:`tuneclust.losses.dec`.
+- clustering ``L_c = KL(P || Q)`` is DEC's, in :mod:`tuneclust.losses.dec`;
+- :func:`cdc_loss`: the one weighted combination, for both phases (Eq. 7 and Eq. 13).
 
 Kernel normalisation ``row`` (public code: each row sums to one, the diagonal ``C_ii`` included; the KL is the mean
 over rows of the row-wise KL, as Keras' ``KLDivergence`` then ``mean``) or ``global`` (Eq. 5: one distribution over all
@@ -16,10 +17,14 @@ pairs ``k != l``; the KL is the plain sum of Eq. 6).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from tuneclust.losses.dec import kl_divergence
+from tuneclust.losses.terms import LossTerms, combine
 
 KernelNorm = Literal["row", "global"]
 EPS = 1e-10
@@ -153,3 +158,44 @@ def affinity_loss(
 def reconstruction_loss(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
     """``L_r`` (Eq. 1) as the public code's Keras ``mse``: mean squared error over features and batch."""
     return F.mse_loss(x_rec, x.flatten(1))
+
+
+def cdc_loss(
+    weights: dict[str, float],
+    *,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    x_rec: torch.Tensor | None = None,
+    q: torch.Tensor | None = None,
+    p: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    norm: KernelNorm = "row",
+    sharpen_z: bool = False,
+    sharpen_q: bool = True,
+    detach_q: bool = False,
+) -> LossTerms:
+    """CDC's objective, the one place its terms are weighted.
+
+    Pre-training (Eq. 7): weights ``{r: 1, cr_x: lam, cr_xrec: lam}``; fine-tuning (Eq. 13):
+    ``{c: 1, a: eta, cr_x: beta, cr_xrec: beta}``. Terms: ``r`` = L_r(X, X'), ``cr_x`` = L_cr(Z, X),
+    ``cr_xrec`` = L_cr(Z, X'), ``c`` = KL(P || Q), ``a`` = L_a. Only the inputs of weighted terms are needed.
+
+    Args:
+        weights: term name -> weight (missing names: off).
+        x: (B, D) inputs; z: (B, d) embeddings; x_rec: reconstructions; q: soft assignments; p: DEC targets.
+        alpha, norm, sharpen_z: the correlation kernels (see :func:`correlation_loss`).
+        sharpen_q, detach_q: the affinity loss (see :func:`affinity_loss`).
+    """
+    reg = cache(lambda: regularization_loss(z, x, x_rec, alpha=alpha, norm=norm, sharpen_z=sharpen_z))
+    return combine(
+        weights,
+        {
+            "r": lambda: reconstruction_loss(x, x_rec),
+            "cr_x": lambda: reg().latent,
+            "cr_xrec": lambda: reg().output,
+            "c": lambda: kl_divergence(p, q),
+            "a": lambda: affinity_loss(
+                q, z, alpha=alpha, norm=norm, sharpen_q=sharpen_q, detach_target=detach_q
+            ),
+        },
+    )

@@ -9,6 +9,8 @@ Zhao et al., "Deep Image Clustering with Category-Style Representation", ECCV 20
 - ``gradient_penalty`` / ``critic_loss`` / ``encoder_adv_loss``: Eqs. 10-11, WGAN-GP (Gulrajani et al. 2017)
   with per-sample interpolates z_hat = eps * z_prior + (1 - eps) * z (Algorithm 1, line 5 and public code).
 - ``sample_prior``: Sec. 3.3, zc one-hot uniform over K, zs ~ N(0, sigma^2 I).
+- ``dccs_loss``: Eq. 12, the encoder (and discriminator) objective ``b_MI L_MI + b_Aug L_Aug + b_Adv L_Adv``, and
+  ``dccs_critic_loss``: Eq. 14, the critic objective ``b_Adv L_Adv^C``: the two places the terms are weighted.
 """
 
 from __future__ import annotations
@@ -19,20 +21,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from tuneclust.losses.terms import LossTerms, combine
+
 GP_EPS = 1e-12
 """Added under the square root of the gradient norm (public code): keeps its gradient finite at zero."""
-
-
-class EncoderLoss(NamedTuple):
-    """The encoder (and discriminator) objective of Eq. 12 and its unweighted terms.
-
-    A term switched off is a zero tensor and contributes nothing to ``total``.
-    """
-
-    total: torch.Tensor
-    mi: torch.Tensor
-    aug: torch.Tensor
-    adv: torch.Tensor
 
 
 class CriticLoss(NamedTuple):
@@ -159,3 +151,44 @@ def critic_loss(
 def encoder_adv_loss(c_fake: torch.Tensor) -> torch.Tensor:
     """Eq. 10: ``-mean C(z)`` for the encoder."""
     return -c_fake.mean()
+
+
+def dccs_loss(
+    weights: dict[str, float],
+    *,
+    pos_logits: torch.Tensor | None = None,
+    neg_logits: torch.Tensor | None = None,
+    zc_logits: torch.Tensor | None = None,
+    zc_logits_aug: torch.Tensor | None = None,
+    c_fake: torch.Tensor | None = None,
+    detach_target: bool = False,
+) -> LossTerms:
+    """Eq. 12: ``b_MI L_MI + b_Aug L_Aug + b_Adv L_Adv^Q``; only the inputs of terms with a weight are needed.
+
+    Args:
+        weights: ``mi``, ``aug``, ``adv`` (Table 5's M1-M4 switch terms off with weight 0).
+        pos_logits, neg_logits: D's logits on positive and shuffled pairs (for ``mi``).
+        zc_logits, zc_logits_aug: category logits of clean and augmented images (for ``aug``).
+        c_fake: critic scores of the encoded z (for ``adv``).
+        detach_target: stop the gradient through the clean distribution of L_Aug.
+    """
+    return combine(
+        weights,
+        {
+            "mi": lambda: mi_loss(pos_logits, neg_logits),
+            "aug": lambda: aug_loss(zc_logits, zc_logits_aug, detach_target=detach_target),
+            "adv": lambda: encoder_adv_loss(c_fake),
+        },
+    )
+
+
+def dccs_critic_loss(
+    c_fake: torch.Tensor, c_prior: torch.Tensor, gp: torch.Tensor, *, lambda_gp: float, weight: float
+) -> LossTerms:
+    """Eq. 14: ``L^C = b_Adv * L_Adv^C`` (Eq. 11); terms ``critic`` (Eq. 11, unweighted) and ``gp``.
+
+    ``total`` is what the critic minimises; ``terms["critic"]`` is the paper's critic loss, whose negative
+    estimates the Wasserstein distance (Sec. 4.2.2).
+    """
+    c = critic_loss(c_fake, c_prior, gp, lambda_gp)
+    return LossTerms(weight * c.total, {"critic": c.total, "gp": c.gp})

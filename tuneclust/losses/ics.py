@@ -5,6 +5,7 @@ image clustering", WACV 2019), as pure functions of tensors.
 - ``balance_loss``: L_b (Eq. 6), minimised by confident assignments balanced across the batch.
 - ``triplet_loss``: L_t (Eq. 5), hinge on squared code distances.
 - ``select_negatives``: Algorithm 1 (negative mining), vectorised over a batch of anchors.
+- ``ics_loss``: ``alpha L_r + beta L_c + gamma L_b + omega L_t``, the one place the terms are weighted.
 
 L_c is DEC's KL(P || Q): see :mod:`tuneclust.losses.dec`.
 
@@ -21,6 +22,9 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
+
+from tuneclust.losses.dec import kl_divergence
+from tuneclust.losses.terms import LossTerms, combine
 
 Reduction = Literal["mean", "sum"]
 
@@ -145,3 +149,32 @@ def select_negatives(
     farthest = dist.argmax(dim=1)
     pick = torch.where(found, first_ok, farthest)
     return NegativeSelection(cand.gather(1, pick[:, None]).squeeze(1), found)
+
+
+def ics_loss(
+    weights: dict[str, float],
+    *,
+    x: torch.Tensor,
+    x_rec: torch.Tensor | None = None,
+    q: torch.Tensor | None = None,
+    p: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    z_pos: torch.Tensor | None = None,
+    z_neg: torch.Tensor | None = None,
+    margin: float = 0.0,
+    reduction: Reduction = "mean",
+) -> LossTerms:
+    """``alpha L_r + beta L_c + gamma L_b + omega L_t`` (Sec. 3.4); weights ``r``, ``c``, ``b``, ``t``.
+
+    Only the inputs of terms with a weight are needed: ``x, x_rec`` (L_r), ``p, q`` (L_c), ``q`` (L_b),
+    ``z, z_pos, z_neg, margin`` (L_t). ``reduction`` applies to L_b and L_t (see the module docstring).
+    """
+    return combine(
+        weights,
+        {
+            "r": lambda: reconstruction_loss(x_rec, x),
+            "c": lambda: kl_divergence(p, q),
+            "b": lambda: balance_loss(q, reduction).total,
+            "t": lambda: triplet_loss(z, z_pos, z_neg, margin, reduction).total,
+        },
+    )

@@ -8,26 +8,14 @@ means (over the batch and over the d feature rows), L_FO is divided by d.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from tuneclust.losses.terms import LossTerms, combine
+
 Variant = Literal["id", "idfo", "idfd"]
-
-
-class IDFDLoss(NamedTuple):
-    """The combined loss and its unweighted terms.
-
-    Attributes:
-        total: ``instance + alpha * feature`` (just ``instance`` for the ``id`` variant).
-        instance: L_I.
-        feature: L_F (``idfd``), L_FO (``idfo``), or None for ``id`` (not computed).
-    """
-
-    total: torch.Tensor
-    instance: torch.Tensor
-    feature: torch.Tensor | None
 
 
 def init_bank(n: int, d: int, generator: torch.Generator) -> torch.Tensor:
@@ -122,30 +110,38 @@ def idfd_loss(
     *,
     tau: float,
     tau2: float,
-    alpha: float,
-    variant: Variant,
-) -> IDFDLoss:
-    """The IDFD objective (Eq. 6), IDFO (Eq. 7) or plain ID: the one place where the terms are weighted.
+    weights: dict[str, float],
+) -> LossTerms:
+    """The IDFD objective, the one place its terms are weighted: ``L_I + a L_F`` (Eq. 6) or ``L_I + a L_FO``.
 
     Args:
         f: (B, d) L2-normalised batch features.
         bank: (N, d) memory bank before this step's update.
         idx: (B,) instance indices.
         tau: temperature of L_I.
-        tau2: temperature of L_F (unused by ``id`` and ``idfo``).
-        alpha: weight of the feature term.
-        variant: ``id`` (L_I), ``idfo`` (L_I + alpha L_FO) or ``idfd`` (L_I + alpha L_F).
+        tau2: temperature of L_F.
+        weights: ``instance`` (L_I), ``decorrelation`` (L_F, Eq. 5) and ``orthogonal`` (L_FO, Eq. 3); the
+            paper's variants are ID = {1, 0, 0}, IDFD = {1, alpha, 0}, IDFO = {1, 0, alpha} (Table 1).
 
     Returns:
-        :class:`IDFDLoss`; ``feature`` is None for ``id`` (the term is not computed).
+        :class:`~tuneclust.losses.terms.LossTerms` with the terms whose weight is not 0.
     """
-    l_i = instance_loss(f, bank, idx, tau)
-    if variant == "id":
-        return IDFDLoss(l_i, l_i, None)
-    if variant == "idfo":
-        l_f = feature_orthogonal_loss(f)
-    elif variant == "idfd":
-        l_f = feature_decorrelation_loss(f, tau2)
-    else:
+    return combine(
+        weights,
+        {
+            "instance": lambda: instance_loss(f, bank, idx, tau),
+            "decorrelation": lambda: feature_decorrelation_loss(f, tau2),
+            "orthogonal": lambda: feature_orthogonal_loss(f),
+        },
+    )
+
+
+def variant_weights(variant: Variant, alpha: float) -> dict[str, float]:
+    """The term weights of the paper's variants (Table 1): ``id``, ``idfo`` or ``idfd`` with feature weight alpha."""
+    if variant not in ("id", "idfo", "idfd"):
         raise ValueError(f"unknown IDFD variant {variant!r}; expected one of ['id', 'idfd', 'idfo']")
-    return IDFDLoss(l_i + alpha * l_f, l_i, l_f)
+    return {
+        "instance": 1.0,
+        "decorrelation": alpha if variant == "idfd" else 0.0,
+        "orthogonal": alpha if variant == "idfo" else 0.0,
+    }

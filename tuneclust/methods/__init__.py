@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteLossError
+from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteError, NonFiniteLossError
 
 METHODS: dict[str, str] = {
     "idfd": "tuneclust.methods.idfd:IDFD",
@@ -22,4 +22,12 @@ def get_method(name: str) -> type[Method]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["METHODS", "Evaluation", "Method", "MethodConfig", "NonFiniteLossError", "get_method"]
+__all__ = [
+    "METHODS",
+    "Evaluation",
+    "Method",
+    "MethodConfig",
+    "NonFiniteError",
+    "NonFiniteLossError",
+    "get_method",
+]

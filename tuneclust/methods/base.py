@@ -1,23 +1,55 @@
-"""The contract every clustering method implements.
+"""The contract every clustering method implements; the base class owns the training loop.
 
-A method owns its networks, losses and optimisers and exposes one epoch of training, an evaluation and its
-state. It knows nothing about Ray, MLflow or YAML: the trainable (``tuneclust.trainable``) drives it, and the
-spec layer validates its config through :attr:`Method.Config`.
+A method adds its networks, one optimisation ``step`` on a batch that returns its named loss terms, and its
+``evaluate``. The base owns everything else, once for all four methods:
 
-Loss toggles are plain config keys, so an ablation arm is just a dict of overrides.
+- the epoch loop over a seeded permutation (:meth:`Method.batches`), calling :meth:`Method.step` under the
+  trial's runtime (precision), accumulating each term's mean on the device and reading it back once per epoch;
+- one non-finite check (:meth:`Method.check_finite`: which quantity, which epoch, which trial);
+- optimisers built from the config (:meth:`Method.add_optimizer`) and the config re-applied to them at every
+  epoch and after :meth:`load_state_dict`, so a PBT mutation, a ``--set`` or a resume with a changed config trains
+  at the configured values (nanoGPT's rule: the config wins over restored state);
+- eval-mode embedding in chunks with one chunk policy (:meth:`Method.map_chunks`);
+- checkpoint state: counters, the data-order/augmentation generator, registered networks, optimisers and the
+  attributes named in ``state_attrs``.
+
+Loss terms: each ``losses/<m>.py`` has one weighted combination ``<m>_loss(..., weights) -> LossTerms``; a term
+is off iff its weight is 0, and an off term is neither computed nor logged (absent from the epoch's results).
+
+A method knows nothing about Ray, MLflow or YAML. Minimal example::
+
+    class Mine(Method):
+        name, Config = "mine", MineConfig
+
+        def build(self) -> None:
+            self.net = self.add_net("net", MyNet(self.data.channels))
+            self.add_optimizer("opt", "sgd", self.net.parameters(), lambda c: {"lr": c.lr})
+
+        def step(self, idx):
+            out = mine_loss(self.net(self.x[idx]), weights=self.cfg.weights())
+            self.descend("opt", out.total)
+            return out.logged()
+
+        def evaluate(self) -> Evaluation:
+            return Evaluation(embedding=self.map_chunks(self.net, self.x).cpu().numpy())
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from tuneclust.data.registry import Dataset
+
+EVAL_CHUNK_ELEMENTS = 2**22
+"""Eval-mode chunk policy: about this many input elements per forward pass (256 to 8192 samples)."""
 
 
 class MethodConfig(BaseModel):
@@ -29,6 +61,10 @@ class MethodConfig(BaseModel):
     """Seeds torch, numpy, python, data order and augmentation of the trial. May be a grid dimension."""
     kmeans_n_init: int = 10
     """k-means restarts at evaluation (methods.md: configurable, default 10)."""
+
+    def weights(self) -> dict[str, float]:
+        """The loss-term weights this config implies (a term is off iff its weight is 0). Methods override."""
+        return {}
 
 
 @dataclass
@@ -49,17 +85,50 @@ class Evaluation:
     scores: dict[str, float] = field(default_factory=dict)
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite: the trial stops with this error, the sweep goes on."""
+class NonFiniteError(RuntimeError):
+    """A loss, an embedding or an assignment became NaN or infinite: the trial stops, the sweep goes on."""
+
+
+NonFiniteLossError = NonFiniteError  # the name tests and earlier code use
+
+
+@dataclass
+class _Optimizer:
+    """A registered optimiser and how the config sets its hyperparameters."""
+
+    optimizer: torch.optim.Optimizer
+    hparams: Callable[[Any], dict[str, Any]]
+    """config -> param-group values (lr, momentum, weight_decay, betas, ...)."""
+    schedule: Callable[[Any, int], float] | None = None
+    """(config, epoch) -> learning rate of that epoch; None: ``hparams(cfg)["lr"]`` throughout."""
+
+
+class _Exact:
+    """The fp32 eager runtime: no autocast, a pass-through grad scaler (replaced by the trial's runtime)."""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def prepare_module(self, net: torch.nn.Module) -> torch.nn.Module:
+        return net
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+
+OptimizerKind = Literal["sgd", "adam"]
+_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
 class Method(ABC):
-    """Base class of the four methods. See DESIGN.md, "A method is".
+    """Base class of the methods: see the module docstring and DESIGN.md, "A method is".
 
-    Subclasses set ``name``, ``Config`` and implement the five abstract members. They count the images they
-    train on in ``self.images_seen`` (the trainable reports images/s from it) and optimisation steps in
-    ``self.steps``. ``self.epoch`` is the number of completed epochs: the trainable increments it after each
-    ``train_epoch()`` returns, so inside ``train_epoch`` it is the 0-based index of the running epoch.
+    Subclasses set ``name`` and ``Config`` and implement :meth:`build`, :meth:`step` and :meth:`evaluate`.
+    ``self.epoch`` is the number of completed epochs (the trial loop increments it after :meth:`train_epoch`),
+    so inside an epoch it is the 0-based index of the running epoch.
     """
 
     name: ClassVar[str]
@@ -68,56 +137,222 @@ class Method(ABC):
     """Metric names this method reports beyond the generic ones (so specs may use them as objective)."""
     smoke_overrides: ClassVar[dict[str, Any]] = {}
     """Config changes ``--smoke`` applies so that an epoch on the bundled digits takes seconds on a CPU."""
+    state_attrs: ClassVar[tuple[str, ...]] = ()
+    """Attributes saved in checkpoints besides networks, optimisers and counters (tensors, numbers, None)."""
+    drop_last: ClassVar[bool] = False
+    """Drop the last partial batch of an epoch (always dropped when it holds a single sample)."""
 
-    def __init__(self, cfg: MethodConfig, data: Dataset, device: torch.device, epochs: int) -> None:
+    def __init__(
+        self, cfg: MethodConfig, data: Dataset, device: torch.device, epochs: int, runtime: Any = None
+    ) -> None:
         self.cfg = cfg
         self.data = data
         self.device = device
         self.epochs = epochs
+        self.runtime = runtime or _Exact()
+        self.label = ""
+        """Names the trial in error messages (set by the trial loop)."""
         self.epoch = 0
         self.steps = 0
         self.images_seen = 0
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(cfg.seed)
+        self.nets: dict[str, torch.nn.Module] = {}
+        self.optimizers: dict[str, _Optimizer] = {}
+        self.build()
+
+    # what a method implements ------------------------------------------------------------------------
+    @abstractmethod
+    def build(self) -> None:
+        """Create networks (:meth:`add_net`), optimisers (:meth:`add_optimizer`) and buffers."""
 
     @abstractmethod
-    def train_epoch(self) -> dict[str, float]:
-        """Train one epoch; return the epoch's mean of every loss term (unweighted) and the total."""
+    def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """One optimisation step on the samples ``idx``; return the named loss terms (``loss`` = the total).
+
+        Runs under the trial's runtime (autocast). Return None for a step that logs nothing.
+        """
 
     @abstractmethod
     def evaluate(self) -> Evaluation:
         """Embed / assign the whole evaluation set in eval mode, without augmentation."""
 
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue training: networks, optimisers, banks, generator state."""
+    def on_epoch_start(self) -> None:  # noqa: B027 (an optional hook)
+        """Hook before an epoch's first step (e.g. phase switches, target updates)."""
 
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
+    def on_epoch_end(self) -> None:  # noqa: B027 (an optional hook)
+        """Hook after an epoch's last step."""
+
+    def on_load(self, state: dict[str, Any]) -> None:  # noqa: B027 (an optional hook)
+        """Hook after counters and ``state_attrs`` are restored, before optimisers are (build lazy ones here)."""
 
     def progress(self) -> dict[str, float]:
-        """Extra per-report fields describing where training is (e.g. phase); empty by default."""
-        return {}
+        """Extra per-report fields describing where training is (e.g. phase); ``lr`` by default."""
+        return {"lr": self.current_lr()} if self.optimizers else {}
 
-    # helpers for subclasses -------------------------------------------------------------------------
-    def base_state(self) -> dict[str, Any]:
-        """Counters and the augmentation/data-order generator, for subclasses' ``state_dict``."""
-        return {
-            "epoch": self.epoch,
-            "steps": self.steps,
-            "images_seen": self.images_seen,
-            "generator": self.generator.get_state(),
-        }
+    def batches(self) -> Iterable[torch.Tensor]:
+        """The epoch's batches of sample indices: a seeded permutation in ``cfg.batch_size`` chunks."""
+        n = len(self.data)
+        b = min(int(getattr(self.cfg, "batch_size", n)), n)
+        parts = list(self.permutation(n).split(b))
+        if len(parts) > 1 and (parts[-1].numel() < 2 or (self.drop_last and parts[-1].numel() < b)):
+            parts.pop()
+        cap = getattr(self.cfg, "max_steps_per_epoch", None)
+        return parts[:cap] if cap else parts
 
-    def load_base_state(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
-        self.steps = int(state["steps"])
-        self.images_seen = int(state["images_seen"])
-        self.generator.set_state(
-            state["generator"].cpu() if hasattr(state["generator"], "cpu") else state["generator"]
-        )
+    # registration ----------------------------------------------------------------------------------
+    def add_net(self, name: str, net: torch.nn.Module) -> torch.nn.Module:
+        """Register a network: moved to the device, prepared by the runtime, saved in checkpoints."""
+        net = self.runtime.prepare_module(net.to(self.device))
+        self.nets[name] = net
+        return net
 
+    def add_optimizer(
+        self,
+        name: str,
+        kind: OptimizerKind,
+        params: Iterable[torch.nn.Parameter],
+        hparams: Callable[[Any], dict[str, Any]],
+        schedule: Callable[[Any, int], float] | None = None,
+    ) -> torch.optim.Optimizer:
+        """Build and register an optimiser whose hyperparameters come from the config.
+
+        Args:
+            name: key in checkpoints and in :meth:`descend`.
+            kind: ``sgd`` or ``adam``.
+            params: the parameters it updates.
+            hparams: config -> param-group values; re-applied at every epoch and after a restore.
+            schedule: (config, epoch) -> that epoch's learning rate (e.g. step decay); None: constant.
+        """
+        opt = _OPTIMIZERS[kind](params, **hparams(self.cfg))
+        self.optimizers[name] = _Optimizer(opt, hparams, schedule)
+        self.apply_hparams()
+        return opt
+
+    def apply_hparams(self) -> None:
+        """Write the configured hyperparameters (and this epoch's scheduled lr) into every optimiser."""
+        for entry in self.optimizers.values():
+            values = dict(entry.hparams(self.cfg))
+            if entry.schedule is not None:
+                values["lr"] = entry.schedule(self.cfg, self.epoch)
+            for group in entry.optimizer.param_groups:
+                group.update(values)
+
+    def current_lr(self) -> float:
+        """The learning rate of the first registered optimiser (the one the method's ``lr`` key sets)."""
+        return float(next(iter(self.optimizers.values())).optimizer.param_groups[0]["lr"])
+
+    # the loop ----------------------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        """One epoch: hyperparameters from the config, each batch's step, the terms' means (one read-back)."""
+        self.set_train(True)
+        self.apply_hparams()
+        self.on_epoch_start()
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        for idx in self.batches():
+            with self.runtime.autocast():
+                terms = self.step(idx)
+            self.steps += 1
+            self.images_seen += int(idx.numel())
+            for key, value in (terms or {}).items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+                counts[key] = counts.get(key, 0) + 1
+        self.on_epoch_end()
+        if not sums:
+            return {}
+        values = torch.stack([sums[k] / counts[k] for k in sums]).tolist()  # the epoch's one host sync
+        means = dict(zip(sums, values))
+        self.check_finite(means, "loss")
+        return means
+
+    def descend(self, optimizer: str, loss: torch.Tensor) -> None:
+        """Zero the optimiser's gradients, back-propagate ``loss`` (scaled under fp16) and step."""
+        opt = self.optimizers[optimizer].optimizer
+        opt.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            self.runtime.backward(loss)
+            self.runtime.step(opt)
+
+    def check_finite(self, values: dict[str, Any], quantity: str, epoch: int | None = None) -> None:
+        """Raise :class:`NonFiniteError` naming the quantity, the epoch and the trial if a value is NaN/inf.
+
+        Args:
+            values: name -> a float, an array or a tensor (any non-finite element fails).
+            quantity: what the values are (``loss``, ``embedding``, ``assignment``), for the message.
+            epoch: the 1-based epoch to name (default: the running epoch).
+        """
+        bad = [k for k, v in values.items() if not _all_finite(v)]
+        if bad:
+            shown = ", ".join(f"{k}={values[k]:.4g}" if isinstance(values[k], float) else k for k in bad[:4])
+            trial = f" ({self.label})" if self.label else ""
+            raise NonFiniteError(
+                f"{self.name}: non-finite {quantity} at epoch {epoch or self.epoch + 1}: {shown}{trial}; "
+                "lower the learning rate or the loss weights"
+            )
+
+    # helpers for subclasses ------------------------------------------------------------------------
     def permutation(self, n: int) -> torch.Tensor:
         """A seeded random permutation of ``range(n)`` on the method's device (data order)."""
         return torch.randperm(n, generator=self.generator, device=self.device)
+
+    def set_train(self, mode: bool) -> None:
+        for net in self.nets.values():
+            net.train(mode)
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Networks in eval mode, no gradients; training mode restored afterwards."""
+        self.set_train(False)
+        try:
+            with torch.no_grad(), self.runtime.autocast():
+                yield
+        finally:
+            self.set_train(True)
+
+    def map_chunks(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``fn`` over ``x`` in eval mode in chunks (one policy: :data:`EVAL_CHUNK_ELEMENTS`), as fp32."""
+        per_sample = max(1, x[0].numel()) if len(x) else 1
+        chunk = int(min(8192, max(256, EVAL_CHUNK_ELEMENTS // per_sample)))
+        with self.eval_mode():
+            return torch.cat([fn(xb).float() for xb in x.split(chunk)])
+
+    # state -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training: counters, generator, networks, optimisers, ``state_attrs``."""
+        return {
+            "counters": {"epoch": self.epoch, "steps": self.steps, "images_seen": self.images_seen},
+            "generator": self.generator.get_state(),
+            "nets": {k: net.state_dict() for k, net in self.nets.items()},
+            "optimizers": {k: o.optimizer.state_dict() for k, o in self.optimizers.items()},
+            "attrs": {a: _detached(getattr(self, a)) for a in self.state_attrs},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`; then the config's hyperparameters are written into the optimisers."""
+        c = state["counters"]
+        self.epoch, self.steps, self.images_seen = int(c["epoch"]), int(c["steps"]), int(c["images_seen"])
+        self.generator.set_state(state["generator"].cpu())
+        for k, net in self.nets.items():
+            net.load_state_dict(state["nets"][k])
+        for a, value in state["attrs"].items():
+            current = getattr(self, a, None)
+            if isinstance(current, torch.nn.Parameter):
+                with torch.no_grad():
+                    current.copy_(value.to(self.device))
+            else:
+                setattr(self, a, value.to(self.device) if isinstance(value, torch.Tensor) else value)
+        self.on_load(state)
+        for k, entry in self.optimizers.items():
+            entry.optimizer.load_state_dict(state["optimizers"][k])
+        self.apply_hparams()
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    return bool(np.isfinite(np.asarray(value, dtype=np.float64)).all())
+
+
+def _detached(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value

@@ -14,29 +14,31 @@ warning); fine-tuning gets the epochs left, with the T iterations spread evenly 
 exactly T iterations (:meth:`CDC.recommended_epochs` gives one epoch per target update). With ``finetune: false``
 (Table 3's AE rows) the epochs after pre-training train nothing and return no losses.
 
-Logged terms: ``loss`` (weighted total), ``loss_r``, ``loss_cr_x`` (L_cr(Z,X)), ``loss_cr_xrec`` (L_cr(Z,X')),
-``loss_c``, ``loss_a`` (unweighted), ``delta_label`` (fraction of argmax-q labels changed at the last P update, DEC's
-label-free convergence signal). A term that is switched off or belongs to the other phase is absent, not 0.
+Term weights (``weights()``, :func:`tuneclust.losses.cdc.cdc_loss`): pre-training ``r: 1, cr_x = cr_xrec: lam``
+(0 with ``pretrain_corr: false``); fine-tuning ``c: 1, a: eta, cr_x = cr_xrec: beta`` (0 with ``affinity`` /
+``regularize`` off: Table 3's switches). Logged: ``loss`` (weighted total), ``loss_r``, ``loss_cr_x`` (L_cr(Z,X)),
+``loss_cr_xrec`` (L_cr(Z,X')), ``loss_c``, ``loss_a`` (unweighted), ``delta_label`` (fraction of argmax-q labels
+changed at the last P update, DEC's label-free convergence signal). A term with weight 0, or of the other phase,
+is absent.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from tuneclust.data.registry import Dataset
-from tuneclust.losses import cdc as L
-from tuneclust.losses.dec import kl_divergence, soft_assign, target_distribution
-from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteLossError
+from tuneclust.losses.cdc import cdc_loss
+from tuneclust.losses.dec import soft_assign, target_distribution
+from tuneclust.methods.base import Evaluation, Method, MethodConfig
 from tuneclust.metrics import kmeans_fit
 from tuneclust.nets.autoencoders import DenseAutoencoder
 
-_EVAL_CHUNK = 8192
 TERMS = ("loss_r", "loss_cr_x", "loss_cr_xrec", "loss_c", "loss_a")
 """Unweighted loss terms a CDC epoch may log (see the module docstring)."""
 
@@ -93,6 +95,14 @@ class CDCConfig(MethodConfig):
     kmeans_init_n_init: int = Field(20, ge=1)
     """k-means restarts of the centre initialisation (public code: 20)."""
 
+    def weights(self, finetuning: bool = False) -> dict[str, float]:
+        """Eq. 7's (pre-training) or Eq. 13's (fine-tuning) term weights; Table 3's switches set them to 0."""
+        if not finetuning:
+            cr = self.lam * self.pretrain_corr
+            return {"r": 1.0, "cr_x": cr, "cr_xrec": cr}
+        re = self.beta * self.regularize
+        return {"c": 1.0, "a": self.eta * self.affinity, "cr_x": re, "cr_xrec": re}
+
     @field_validator("dims")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
@@ -110,17 +120,24 @@ class CDC(Method):
     smoke_overrides: ClassVar[dict[str, Any]] = dict(
         pretrain_epochs=1, finetune_iters=30, update_interval=10, kmeans_init_n_init=2
     )
+    state_attrs: ClassVar[tuple[str, ...]] = (
+        "centers", "clusters_ready", "ft_iter", "p", "labels_last", "delta_label", "_perm", "_pos",
+    )  # fmt: skip
+    cfg: CDCConfig
 
-    def __init__(self, cfg: CDCConfig, data: Dataset, device: torch.device, epochs: int) -> None:
-        super().__init__(cfg, data, device, epochs)
-        self.x = data.x.reshape(len(data), -1).to(device=device, dtype=torch.float32)
-        self.k = int(data.num_classes)
-        self.ae = DenseAutoencoder(self.x.shape[1], cfg.dims, cfg.init).to(device)
-        self.centers = torch.nn.Parameter(torch.zeros(self.k, cfg.dims[-1], device=device))
-        opt = torch.optim.SGD if cfg.pretrain_optimizer == "sgd" else torch.optim.Adam
-        kw = {"momentum": cfg.pretrain_momentum} if cfg.pretrain_optimizer == "sgd" else {}
-        self.opt_pre = opt(self.ae.parameters(), lr=cfg.pretrain_lr, **kw)
-        self.opt_ft: torch.optim.Optimizer | None = None
+    def build(self) -> None:
+        cfg, epochs = self.cfg, self.epochs
+        self.x = self.data.x.reshape(len(self.data), -1).to(device=self.device, dtype=torch.float32)
+        self.k = int(self.data.num_classes)
+        self.ae = self.add_net("ae", DenseAutoencoder(self.x.shape[1], cfg.dims, cfg.init))
+        self.centers = torch.nn.Parameter(torch.zeros(self.k, cfg.dims[-1], device=self.device))
+        sgd = cfg.pretrain_optimizer == "sgd"
+        self.add_optimizer(
+            "pre",
+            cfg.pretrain_optimizer,
+            self.ae.parameters(),
+            lambda c: {"lr": c.pretrain_lr, **({"momentum": c.pretrain_momentum} if sgd else {})},
+        )
         self.n_pretrain = cfg.pretrain_epochs
         if cfg.finetune and cfg.pretrain_epochs > epochs - 1:
             self.n_pretrain = max(epochs - 1, 0)
@@ -136,11 +153,6 @@ class CDC(Method):
         self.delta_label = float("nan")
         self._perm: torch.Tensor | None = None
         self._pos = 0
-        self._aff_kw = {
-            "alpha": cfg.alpha,
-            "norm": cfg.kernel_norm,
-            "detach_target": cfg.affinity_detach_target,
-        }
 
     @classmethod
     def recommended_epochs(cls, cfg: CDCConfig) -> int:
@@ -150,88 +162,52 @@ class CDC(Method):
         )
 
     # training ----------------------------------------------------------------------------------------
-    def train_epoch(self) -> dict[str, float]:
-        if self.epoch < self.n_pretrain:
-            out = self._pretrain_epoch()
+    def _pretraining(self) -> bool:
+        return self.epoch < self.n_pretrain
+
+    def on_epoch_start(self) -> None:
+        if not self._pretraining() and self.cfg.finetune and not self.clusters_ready:
+            self._init_clusters()
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        """Pre-training: a seeded pass (a last batch of one skipped: a kernel needs two points). Fine-tuning:
+        this epoch's share of the T iterations, batches drawn across passes of a seeded permutation."""
+        if self._pretraining():
+            yield from super().batches()
         elif self.cfg.finetune:
-            if not self.clusters_ready:
-                self._init_clusters()
-            out = self._finetune_epoch(self._iters_this_epoch())
-        else:
-            out = {}
+            for _ in range(self._iters_this_epoch()):
+                yield self._next_batch()
+
+    def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg, xb = self.cfg, self.x[idx]
+        kernel = {"alpha": cfg.alpha, "norm": cfg.kernel_norm, "sharpen_z": cfg.corr_sharpen}
+        if self._pretraining():
+            z, x_rec = self.ae(xb)
+            out = cdc_loss(cfg.weights(), x=xb, z=z, x_rec=x_rec, **kernel)  # Eq. 7
+            self.descend("pre", out.total)
+            return out.logged()
+        if self.ft_iter % cfg.update_interval == 0:
+            self._update_target()  # Algorithm 1 lines 6-10
+        w = cfg.weights(finetuning=True)
+        z = self.ae.encode(xb)
+        x_rec = self.ae.decode(z) if w["cr_xrec"] or w["cr_x"] else None
+        q = soft_assign(z, self.centers, cfg.alpha)
+        out = cdc_loss(
+            w, x=xb, z=z, x_rec=x_rec, q=q, p=self.p[idx], sharpen_q=cfg.affinity_sharpen,
+            detach_q=cfg.affinity_detach_target, **kernel,
+        )  # Eq. 13  # fmt: skip
+        self.descend("ft", out.total)
+        self.ft_iter += 1
+        return out.logged()
+
+    def on_epoch_end(self) -> None:
         if self.cfg.finetune and self.epoch + 1 == self.n_pretrain:
             self._init_clusters()  # the phase boundary: Algorithm 1 lines 2-4
-        return out
 
-    def _pretrain_epoch(self) -> dict[str, float]:
-        cfg, sums, n = self.cfg, {}, 0
-        self.ae.train()
-        perm = self.permutation(len(self.x))
-        for start in range(0, len(perm), cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
-            if len(idx) < 2:  # a kernel needs two points: a last batch of one is skipped
-                continue
-            xb = self.x[idx]
-            z, x_rec = self.ae(xb)
-            terms = {"r": L.reconstruction_loss(xb, x_rec)}
-            total = terms["r"]
-            if cfg.pretrain_corr:
-                total = total + cfg.lam * self._corr(z, xb, x_rec, terms)  # Eq. 7
-            self._step(self.opt_pre, total, terms, sums, len(idx))
-            n += 1
-        return self._means(sums, n, "pre-training")
-
-    def _finetune_epoch(self, iters: int) -> dict[str, float]:
-        cfg, sums = self.cfg, {}
-        for _ in range(iters):
-            if self.ft_iter % cfg.update_interval == 0:
-                self._update_target()  # Algorithm 1 lines 6-10
-            self.ae.train()
-            idx = self._next_batch()
-            xb = self.x[idx]
-            z = self.ae.encode(xb)
-            q = soft_assign(z, self.centers, cfg.alpha)
-            terms = {"c": kl_divergence(self.p[idx], q)}  # Eq. 9
-            total = terms["c"]
-            if cfg.affinity:
-                terms["a"] = L.affinity_loss(q, z, sharpen_q=cfg.affinity_sharpen, **self._aff_kw)
-                total = total + cfg.eta * terms["a"]
-            if cfg.regularize:
-                total = total + cfg.beta * self._corr(z, xb, self.ae.decode(z), terms)  # Eq. 13
-            self._step(self.opt_ft, total, terms, sums, len(idx))
-            self.ft_iter += 1
-        out = self._means(sums, iters, "fine-tuning")
-        return {**out, "delta_label": self.delta_label} if out else out
-
-    def _corr(self, z: torch.Tensor, xb: torch.Tensor, x_rec: torch.Tensor, terms: dict) -> torch.Tensor:
-        """L_cr(Z, X) + L_cr(Z, X') (the bracket of Eq. 7, L_re of Eq. 12); logs both terms into ``terms``."""
-        cfg = self.cfg
-        re = L.regularization_loss(
-            z, xb, x_rec, alpha=cfg.alpha, norm=cfg.kernel_norm, sharpen_z=cfg.corr_sharpen
-        )
-        terms |= {"cr_x": re.latent, "cr_xrec": re.output}
-        return re.total
-
-    def _step(
-        self, opt: torch.optim.Optimizer, total: torch.Tensor, terms: dict, sums: dict, batch: int
-    ) -> None:
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        for key, value in {"loss": total, **{f"loss_{k}": v for k, v in terms.items()}}.items():
-            sums[key] = sums.get(key, 0.0) + value.detach()
-        self.steps += 1
-        self.images_seen += batch
-
-    def _means(self, sums: dict[str, torch.Tensor], n: int, phase: str) -> dict[str, float]:
-        out = {k: float(v) / max(n, 1) for k, v in sums.items()}
-        bad = [k for k, v in out.items() if not math.isfinite(v)]
-        if bad:
-            raise NonFiniteLossError(
-                f"CDC {phase} epoch {self.epoch + 1}: non-finite {bad} ({out}); "
-                "lower the learning rate or the loss weights"
-            )
-        return out
+    def train_epoch(self) -> dict[str, float]:
+        fine = not self._pretraining() and self.cfg.finetune
+        out = super().train_epoch()
+        return {**out, "delta_label": self.delta_label} if out and fine else out
 
     def _iters_this_epoch(self) -> int:
         """T spread evenly over the fine-tuning epochs; never past T."""
@@ -249,32 +225,34 @@ class CDC(Method):
         self._pos += bs
         return idx
 
-    @torch.no_grad()
     def _embed(self) -> torch.Tensor:
-        self.ae.eval()
-        return torch.cat(
-            [self.ae.encode(self.x[i : i + _EVAL_CHUNK]) for i in range(0, len(self.x), _EVAL_CHUNK)]
-        )
+        return self.map_chunks(self.ae.encode, self.x)
 
     def _init_clusters(self) -> None:
         """k-means on Z gives the centres; the fine-tuning optimiser is built (Algorithm 1 lines 2-4)."""
         z = self._embed()
-        if not bool(torch.isfinite(z).all()):
-            raise NonFiniteLossError(
-                "CDC: the pre-trained embedding has non-finite values; lower pretrain_lr"
-            )
+        self.check_finite({"pre-trained embedding": z}, "embedding")
         labels, centers = kmeans_fit(
             z.cpu().numpy(), self.k, n_init=self.cfg.kmeans_init_n_init, seed=self.cfg.seed
         )
-        self.centers.data.copy_(torch.from_numpy(centers))
+        with torch.no_grad():
+            self.centers.copy_(torch.from_numpy(centers))
         self.labels_last = torch.from_numpy(labels).to(self.device)
         self._build_finetune_optimizer()
         self._perm, self._pos = None, 0
         self.clusters_ready = True
 
     def _build_finetune_optimizer(self) -> None:
-        params = [*self.ae.parameters(), self.centers]
-        self.opt_ft = torch.optim.SGD(params, lr=self.cfg.finetune_lr, momentum=self.cfg.finetune_momentum)
+        self.add_optimizer(
+            "ft",
+            "sgd",
+            [*self.ae.parameters(), self.centers],
+            lambda c: {"lr": c.finetune_lr, "momentum": c.finetune_momentum},
+        )
+
+    def on_load(self, state: dict[str, Any]) -> None:
+        if "ft" in state["optimizers"] and "ft" not in self.optimizers:
+            self._build_finetune_optimizer()
 
     @torch.no_grad()
     def _update_target(self) -> None:
@@ -285,7 +263,7 @@ class CDC(Method):
         self.delta_label = float((labels != self.labels_last).float().mean())
         self.labels_last = labels
 
-    # evaluation and state ----------------------------------------------------------------------------
+    # evaluation --------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
         """Z for every sample; the cluster layer's argmax q once the centres exist (else k-means on Z)."""
@@ -298,47 +276,7 @@ class CDC(Method):
         return Evaluation(embedding=z.cpu().numpy(), assignment=assignment)
 
     def progress(self) -> dict[str, float]:
-        """``phase`` 0 = pre-training, 1 = centres initialised (fine-tuning); ``finetune_iter`` done so far."""
-        return {"phase": float(self.clusters_ready), "finetune_iter": float(self.ft_iter)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **self.base_state(),
-            "ae": self.ae.state_dict(),
-            "centers": self.centers.detach().clone(),
-            "opt_pre": self.opt_pre.state_dict(),
-            "opt_ft": self.opt_ft.state_dict() if self.opt_ft is not None else None,
-            "clusters_ready": self.clusters_ready,
-            "ft_iter": self.ft_iter,
-            "p": self.p,
-            "labels_last": self.labels_last,
-            "delta_label": self.delta_label,
-            "perm": self._perm,
-            "pos": self._pos,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.load_base_state(state)
-        self.ae.load_state_dict(state["ae"])
-        self.centers.data.copy_(state["centers"].to(self.device))
-        self.opt_pre.load_state_dict(state["opt_pre"])
-        _set_hparams(self.opt_pre, self.cfg.pretrain_lr, self.cfg.pretrain_momentum)
-        if state["opt_ft"] is not None:
-            self._build_finetune_optimizer()
-            self.opt_ft.load_state_dict(state["opt_ft"])
-            _set_hparams(self.opt_ft, self.cfg.finetune_lr, self.cfg.finetune_momentum)
-        self.clusters_ready = bool(state["clusters_ready"])
-        self.ft_iter = int(state["ft_iter"])
-        self.delta_label = float(state["delta_label"])
-        self._pos = int(state["pos"])
-        self.p, self.labels_last, self._perm = (
-            None if state[k] is None else state[k].to(self.device) for k in ("p", "labels_last", "perm")
-        )
-
-
-def _set_hparams(opt: torch.optim.Optimizer, lr: float, momentum: float) -> None:
-    """The config, not the checkpoint, sets learning rate and momentum (so PBT's mutations take effect)."""
-    for group in opt.param_groups:
-        group["lr"] = lr
-        if "momentum" in group:
-            group["momentum"] = momentum
+        """``phase`` (0 pre-training, 1 centres initialised), ``finetune_iter`` so far, ``lr`` of the phase."""
+        opt = self.optimizers["ft" if self.clusters_ready else "pre"].optimizer
+        lr = float(opt.param_groups[0]["lr"])
+        return {"phase": float(self.clusters_ready), "finetune_iter": float(self.ft_iter), "lr": lr}

@@ -12,31 +12,28 @@ Decisions where the paper is silent (methods.md wins where it speaks):
 - Images are normalised with mean 0.5, std 0.5 (public code); ``normalize: dataset`` uses the data's stats.
 - ``image_mode: gray`` grays 3-channel images after augmentation (crop, flip, channel shuffle, colour jitter);
   the public code jitters after graying.
-- A term switched off is not computed and is logged as 0.0; with ``adv`` off there are no critic steps,
-  ``loss_critic``/``loss_gp`` are 0.0 and the scores ``critic_loss``/``w_distance`` are absent.
+- Term weights (``weights()``): ``mi``/``aug``/``adv`` are the paper's Table 5 names and switch a term's weight to
+  0; the ``beta_*`` keys are the weights. A term with weight 0 is not computed and not logged; with L_Adv off
+  there are no critic steps, and ``loss_critic``, ``loss_gp``, ``critic_loss`` and ``w_distance`` are absent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import chain
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from tuneclust.data import augment as A
-from tuneclust.data.registry import Dataset
 from tuneclust.losses import dccs as L
-from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteLossError
+from tuneclust.methods.base import Evaluation, Method, MethodConfig
 from tuneclust.nets.dccs_nets import Critic, Discriminator, EncoderName, activation_dim, build_encoder
 
-EVAL_BATCH = 1024
 EVAL_SEED_OFFSET = 7919
 """Prior samples for ``w_distance`` come from their own generator (seed + this), not the training stream."""
-TERMS = ("mi", "aug", "adv")
-LOGGED = ("loss", "loss_mi", "loss_aug", "loss_adv", "loss_critic", "loss_gp")
 
 
 class DCCSConfig(MethodConfig):
@@ -99,9 +96,17 @@ class DCCSConfig(MethodConfig):
 
     @model_validator(mode="after")
     def _some_term(self) -> DCCSConfig:
-        if not (self.mi or self.aug or self.adv):
-            raise ValueError("DCCS needs at least one of mi, aug, adv switched on")
+        if not any(self.weights().values()):
+            raise ValueError("DCCS needs at least one of mi, aug, adv switched on with a weight above 0")
         return self
+
+    def weights(self) -> dict[str, float]:
+        """Eq. 12's weights; a Table 5 switch (``mi``, ``aug``, ``adv``) off sets its weight to 0."""
+        return {
+            "mi": self.beta_mi * self.mi,
+            "aug": self.beta_aug * self.aug,
+            "adv": self.beta_adv * self.adv,
+        }
 
 
 class DCCS(Method):
@@ -113,26 +118,33 @@ class DCCS(Method):
         f"kmeans_{v}_{m}" for v in ("z", "zc", "zs") for m in ("acc", "nmi", "ari")
     ) + ("critic_loss", "w_distance")
     smoke_overrides: ClassVar[dict[str, Any]] = {"mlp_hidden": 256}
+    state_attrs: ClassVar[tuple[str, ...]] = ("batch_count", "last_critic_loss")
+    cfg: DCCSConfig
 
-    def __init__(self, cfg: DCCSConfig, data: Dataset, device: torch.device, epochs: int) -> None:
-        super().__init__(cfg, data, device, epochs)
+    def build(self) -> None:
+        cfg, data = self.cfg, self.data
         if not data.is_image:
             raise ValueError("DCCS needs image data (N, C, H, W)")
-        self.x = data.x.to(device)
+        self.x = data.x.to(self.device)
         self.k = data.num_classes
         self._gray = cfg.image_mode == "gray" and data.channels == 3
         ch, size = (1 if self._gray else data.channels), data.image_size
         self.mean, self.std = self._norm_stats(ch)
-        self.encoder = build_encoder(cfg.encoder, ch, size, self.k, cfg.style_dim, cfg.width).to(device)
+        enc = build_encoder(cfg.encoder, ch, size, self.k, cfg.style_dim, cfg.width)
+        self.encoder = self.add_net("encoder", enc)
         z_dim = self.k + cfg.style_dim
-        self.disc = Discriminator(activation_dim(self.encoder, ch, size), z_dim, cfg.mlp_hidden).to(device)
-        self.critic = Critic(z_dim, cfg.mlp_hidden).to(device)
-        betas = (cfg.adam_beta1, cfg.adam_beta2)
+        self.disc = self.add_net("disc", Discriminator(activation_dim(enc, ch, size), z_dim, cfg.mlp_hidden))
+        self.critic = self.add_net("critic", Critic(z_dim, cfg.mlp_hidden))
+
+        def adam(c: DCCSConfig) -> dict[str, Any]:
+            return {"lr": c.lr, "betas": (c.adam_beta1, c.adam_beta2)}
+
         params = chain(self.encoder.parameters(), self.disc.parameters())
-        self.opt_q = torch.optim.Adam(params, lr=cfg.lr, betas=betas)  # Q and D share one optimiser
-        self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr, betas=betas)
+        self.add_optimizer("q", "adam", params, adam)  # Q and D share one optimiser
+        self.add_optimizer("c", "adam", self.critic.parameters(), adam)
         self.batch_count = 0  # position in the critic/encoder cycle, across epochs
         self.last_critic_loss = float("nan")
+        self._encoder_turn = True
 
     # preprocessing -------------------------------------------------------------------------------
     def _norm_stats(self, ch: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -140,7 +152,7 @@ class DCCS(Method):
             return (0.5,) * ch, (0.5,) * ch
         if not self._gray:
             return self.data.mean, self.data.std
-        g = torch.cat([A.to_grayscale(xb, channels=1).flatten() for xb in self.x.split(EVAL_BATCH)])
+        g = A.to_grayscale(self.x, channels=1)
         return (float(g.mean()),), (float(g.std().clamp_min(1e-6)),)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,124 +178,85 @@ class DCCS(Method):
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(zc logits, z, a) of a prepared batch."""
         zc_logits, zs, a = self.encoder(x)
-        return zc_logits, torch.cat([F.softmax(zc_logits, dim=1), zs], dim=1), a
+        return zc_logits, torch.cat([F.softmax(zc_logits.float(), dim=1), zs.float()], dim=1), a
 
     # losses --------------------------------------------------------------------------------------
-    def encoder_losses(self, x: torch.Tensor) -> L.EncoderLoss:
-        """Eq. 12 on a raw batch ``x`` in [0, 1]; off terms are not computed (zero)."""
-        cfg = self.cfg
-        zero = torch.zeros((), device=self.device)
-        mi = aug = adv = zero
-        if cfg.aug:
-            zc_logits_aug = self.encoder(self._prepare(self._augment(x)))[0]
+    def encoder_losses(self, x: torch.Tensor) -> L.LossTerms:
+        """Eq. 12 on a raw batch ``x`` in [0, 1]; only the terms with a weight are computed."""
+        w = self.cfg.weights()
+        inputs: dict[str, torch.Tensor] = {}
+        if w["aug"]:
+            inputs["zc_logits_aug"] = self.encoder(self._prepare(self._augment(x)))[0]
         zc_logits, z, a = self._encode(self._prepare(x))
-        if cfg.mi:
+        inputs["zc_logits"] = zc_logits
+        if w["mi"]:
             perm = self.permutation(len(z))  # negatives: z shuffled within the batch
             pos, neg = self.disc(torch.cat([a, a]), torch.cat([z, z[perm]])).chunk(2)
-            mi = L.mi_loss(pos, neg)
-        if cfg.aug:
-            aug = L.aug_loss(zc_logits, zc_logits_aug, detach_target=cfg.aug_detach_target)
-        if cfg.adv:
-            adv = L.encoder_adv_loss(self.critic(z))
-        # the one combining point: weighted sum of the terms switched on
-        weighted = [(cfg.beta_mi, mi, cfg.mi), (cfg.beta_aug, aug, cfg.aug), (cfg.beta_adv, adv, cfg.adv)]
-        total = sum((w * t for w, t, on in weighted if on), zero)
-        return L.EncoderLoss(total=total, mi=mi, aug=aug, adv=adv)
+            inputs |= {"pos_logits": pos, "neg_logits": neg}
+        if w["adv"]:
+            inputs["c_fake"] = self.critic(z)
+        return L.dccs_loss(w, detach_target=self.cfg.aug_detach_target, **inputs)
 
-    def critic_losses(self, z: torch.Tensor) -> L.CriticLoss:
-        """Eq. 11 for encoded ``z`` against fresh prior samples and interpolation weights."""
+    def critic_losses(self, z: torch.Tensor) -> L.LossTerms:
+        """Eq. 14 for encoded ``z`` against fresh prior samples and interpolation weights."""
         cfg, g = self.cfg, self.generator
         z_prior = L.sample_prior(
             len(z), self.k, cfg.style_dim, cfg.prior_sigma, generator=g, device=self.device
         )
         eps = torch.rand(len(z), generator=g, device=self.device)
         gp = L.gradient_penalty(self.critic, z_prior, z, eps)
-        return L.critic_loss(self.critic(z), self.critic(z_prior), gp, cfg.lambda_gp)
+        c_fake, c_prior = self.critic(z), self.critic(z_prior)
+        return L.dccs_critic_loss(c_fake, c_prior, gp, lambda_gp=cfg.lambda_gp, weight=cfg.weights()["adv"])
 
     # training ------------------------------------------------------------------------------------
-    def _encoder_step(self, x: torch.Tensor) -> L.EncoderLoss:
-        self.critic.requires_grad_(False)  # L_Adv trains Q only; C has its own steps
-        try:
-            loss = self.encoder_losses(x)
-            self.opt_q.zero_grad(set_to_none=True)
-            loss.total.backward()
-            self.opt_q.step()
-        finally:
-            self.critic.requires_grad_(True)
-        return loss
+    def batches(self) -> Iterator[torch.Tensor]:
+        """Full batches of a seeded permutation, cycling n_critic critic batches then one encoder batch
+        (Algorithm 1); the cycle runs across epochs; critic batches are skipped when L_Adv is off."""
+        n = len(self.x)
+        b = min(self.cfg.batch_size, n)
+        perm = self.permutation(n)
+        adv = bool(self.cfg.weights()["adv"])
+        for i in range(n // b):
+            self._encoder_turn = self.batch_count % (self.cfg.n_critic + 1) == self.cfg.n_critic
+            self.batch_count += 1
+            if self._encoder_turn or adv:
+                yield perm[i * b : (i + 1) * b]
 
-    def _critic_step(self, x: torch.Tensor) -> L.CriticLoss:
+    def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.x[idx]
+        if self._encoder_turn:
+            self.critic.requires_grad_(False)  # L_Adv trains Q only; C has its own steps
+            try:
+                out = self.encoder_losses(x)
+                self.descend("q", out.total)
+            finally:
+                self.critic.requires_grad_(True)
+            return out.logged()
         with torch.no_grad():
             z = self._encode(self._prepare(x))[1]
-        loss = self.critic_losses(z)
-        self.opt_c.zero_grad(set_to_none=True)
-        (self.cfg.beta_adv * loss.total).backward()  # Eq. 14
-        self.opt_c.step()
-        return loss
-
-    def _set_train(self, mode: bool) -> None:
-        for net in (self.encoder, self.disc, self.critic):
-            net.train(mode)
+        out = self.critic_losses(z)
+        self.descend("c", out.total)
+        return {f"loss_{k}": v for k, v in out.terms.items()}
 
     def train_epoch(self) -> dict[str, float]:
-        """One pass over the data in n_critic critic batches then one encoder batch (Algorithm 1)."""
-        self._set_train(True)
-        n, b = len(self.x), min(self.cfg.batch_size, len(self.x))
-        perm = self.permutation(n)
-        sums = {k: torch.zeros((), device=self.device) for k in LOGGED}
-        n_enc = n_crit = 0
-        for i in range(n // b):
-            is_encoder = self.batch_count % (self.cfg.n_critic + 1) == self.cfg.n_critic
-            self.batch_count += 1
-            if not (is_encoder or self.cfg.adv):
-                continue
-            x = self.x[perm[i * b : (i + 1) * b]]
-            if is_encoder:
-                e = self._encoder_step(x)
-                for key, val in zip(("loss", "loss_mi", "loss_aug", "loss_adv"), e):
-                    sums[key] += val.detach()
-                n_enc += 1
-            else:
-                c = self._critic_step(x)
-                sums["loss_critic"] += c.total.detach()
-                sums["loss_gp"] += c.gp.detach()
-                n_crit += 1
-            self.steps += 1
-            self.images_seen += b
-        return self._epoch_means(sums, n_enc, n_crit)
-
-    def _epoch_means(self, sums: dict[str, torch.Tensor], n_enc: int, n_crit: int) -> dict[str, float]:
-        out = {}
-        for key, val in sums.items():
-            count = n_crit if key in ("loss_critic", "loss_gp") else n_enc
-            out[key] = float(val) / count if count else 0.0
-        bad = {k: v for k, v in out.items() if not np.isfinite(v)}
-        if bad:
-            raise NonFiniteLossError(
-                f"DCCS: non-finite loss in epoch {self.epoch + 1}: {bad} (try a lower lr)"
-            )
-        if n_crit:
-            self.last_critic_loss = out["loss_critic"]
-        return out
+        means = super().train_epoch()
+        if "loss_critic" in means:
+            self.last_critic_loss = means["loss_critic"]
+        return means
 
     # evaluation ----------------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self) -> Evaluation:
         """argmax zc; k-means views on z, zc, zs; the critic's loss and Wasserstein estimate."""
-        self._set_train(False)
-        parts = [self._encode(self._prepare(xb))[1] for xb in self.x.split(EVAL_BATCH)]
-        z = torch.cat(parts)
+        z = self.map_chunks(lambda xb: self._encode(self._prepare(xb))[1], self.x)
         zc, zs = z[:, : self.k], z[:, self.k :]
         views = {"kmeans_z": z, "kmeans_zc": zc}
         if self.cfg.style_dim:
             views["kmeans_zs"] = zs
-        scores = self._critic_scores(z) if self.cfg.adv else {}
-        self._set_train(True)
         return Evaluation(
             embedding=z.cpu().numpy(),
             assignment=zc.argmax(dim=1).cpu().numpy(),
             views={k: v.cpu().numpy() for k, v in views.items()},
-            scores=scores,
+            scores=self._critic_scores(z) if self.cfg.weights()["adv"] else {},
         )
 
     def _critic_scores(self, z: torch.Tensor) -> dict[str, float]:
@@ -292,28 +265,5 @@ class DCCS(Method):
         z_prior = L.sample_prior(
             len(z), self.k, cfg.style_dim, cfg.prior_sigma, generator=g, device=self.device
         )
-        c_fake = torch.cat([self.critic(zb) for zb in z.split(EVAL_BATCH)])
-        c_prior = torch.cat([self.critic(zb) for zb in z_prior.split(EVAL_BATCH)])
+        c_fake, c_prior = self.map_chunks(self.critic, z), self.map_chunks(self.critic, z_prior)
         return {"critic_loss": self.last_critic_loss, "w_distance": float(c_prior.mean() - c_fake.mean())}
-
-    # state ---------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Networks, both optimisers, the generator, the cycle position and the last critic loss."""
-        return {
-            **self.base_state(),
-            "encoder": self.encoder.state_dict(),
-            "disc": self.disc.state_dict(),
-            "critic": self.critic.state_dict(),
-            "opt_q": self.opt_q.state_dict(),
-            "opt_c": self.opt_c.state_dict(),
-            "batch_count": self.batch_count,
-            "last_critic_loss": self.last_critic_loss,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
-        self.load_base_state(state)
-        for key in ("encoder", "disc", "critic", "opt_q", "opt_c"):
-            getattr(self, key).load_state_dict(state[key])
-        self.batch_count = int(state["batch_count"])
-        self.last_critic_loss = float(state["last_critic_loss"])

@@ -12,8 +12,9 @@ Decisions where the paper is silent (each a config key):
   draws takes the farthest one tried; ``neg_found_rate`` logs the fraction that found one.
 - The positive is one of those 10 augmentations, picked at random (Fig. 3); anchor, positive and negative (the
   clean image) then go through the encoder together, with gradients.
-- A weight at 0 switches its term off: not computed, logged as 0. ``neg_found_rate`` is absent when L_t is off
-  and during pre-training. Pre-training minimises L_r unweighted, whatever ``alpha``.
+- A weight at 0 switches its term off: not computed, not logged (:func:`tuneclust.losses.ics.ics_loss`).
+  ``neg_found_rate`` is absent when L_t is off and during pre-training. Pre-training minimises L_r unweighted,
+  whatever ``alpha``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ import torch
 from pydantic import Field, model_validator
 
 from tuneclust.data import augment
-from tuneclust.data.registry import Dataset
-from tuneclust.losses.dec import kl_divergence, soft_assign, target_distribution
-from tuneclust.losses.ics import balance_loss, reconstruction_loss, select_negatives, triplet_loss
-from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteLossError
+from tuneclust.losses.dec import soft_assign, target_distribution
+from tuneclust.losses.ics import ics_loss, select_negatives
+from tuneclust.methods.base import Evaluation, Method, MethodConfig
 from tuneclust.metrics import kmeans_fit
 from tuneclust.nets.conv_autoencoders import ConvAutoencoder
 
@@ -72,6 +72,10 @@ class ICSConfig(MethodConfig):
                 self.__dict__[key] = type(value)(value)  # bypass validate_assignment (no re-entry)
         return self
 
+    def weights(self) -> dict[str, float]:
+        """The joint phase's term weights (Sec. 3.4): alpha L_r + beta L_c + gamma L_b + omega L_t."""
+        return {"r": self.alpha, "c": self.beta, "b": self.gamma, "t": self.omega}
+
 
 class ICS(Method):
     """Convolutional autoencoder + DEC layer + balance and triplet constraints."""
@@ -80,24 +84,25 @@ class ICS(Method):
     Config = ICSConfig
     extra_metrics: ClassVar[tuple[str, ...]] = (*(f"loss_{t}" for t in TERMS), "neg_found_rate")
     smoke_overrides: ClassVar[dict[str, Any]] = {"pretrain_epochs": 1, "n_aug_neg": 4}
+    state_attrs: ClassVar[tuple[str, ...]] = ("centers", "phase", "joint_steps", "target", "bank")
     cfg: ICSConfig
 
-    def __init__(self, cfg: ICSConfig, data: Dataset, device: torch.device, epochs: int) -> None:
-        super().__init__(cfg, data, device, epochs)
+    def build(self) -> None:
+        cfg, data, device = self.cfg, self.data, self.device
         if not data.is_image:
             raise ValueError("ics needs image data (N, C, H, W); got vectors")
         self.x = data.x.to(device)
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-        self.net = ConvAutoencoder(data.channels, data.image_size, cfg.latent_dim, cfg.arch).to(device)
+        self.net = self.add_net(
+            "net", ConvAutoencoder(data.channels, data.image_size, cfg.latent_dim, cfg.arch)
+        )
         self.centers = torch.nn.Parameter(torch.zeros(data.num_classes, cfg.latent_dim, device=device))
-        self.opt = torch.optim.Adam([*self.net.parameters(), self.centers], lr=cfg.lr)
+        self.add_optimizer("adam", "adam", [*self.net.parameters(), self.centers], lambda c: {"lr": c.lr})
         self.phase = 0
         self.joint_steps = 0
         self.target: torch.Tensor | None = None  # (N, K) DEC target P
         self.bank: torch.Tensor | None = None  # (N, d) codes for negative mining
-        n_pix = data.channels * data.image_size**2
-        self.eval_batch = max(256, 2**21 // n_pix)
 
     # helpers ------------------------------------------------------------------------------------------
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,12 +122,8 @@ class ICS(Method):
             x = augment.random_erasing(x, p=c.aug_erasing, generator=g)
         return x
 
-    @torch.no_grad()
     def _encode_all(self) -> torch.Tensor:
-        self.net.eval()
-        z = torch.cat([self.net.encode(self._norm(x)) for x in self.x.split(self.eval_batch)])
-        self.net.train()
-        return z
+        return self.map_chunks(lambda xb: self.net.encode(self._norm(xb)), self.x)
 
     @torch.no_grad()
     def _init_clusters(self) -> None:
@@ -137,71 +138,42 @@ class ICS(Method):
         self.bank = self._encode_all()
         self.target = target_distribution(soft_assign(self.bank, self.centers))
 
-    def _batches(self) -> list[torch.Tensor]:
-        return [b for b in self.permutation(len(self.x)).split(self.cfg.batch_size) if len(b) > 1]
-
     # training -----------------------------------------------------------------------------------------
-    def train_epoch(self) -> dict[str, float]:
-        self.net.train()
-        joint = self.epoch >= self.cfg.pretrain_epochs
-        if joint and self.phase == 0:
+    def _joint(self) -> bool:
+        return self.epoch >= self.cfg.pretrain_epochs
+
+    def on_epoch_start(self) -> None:
+        if self._joint() and self.phase == 0:
             self._init_clusters()
-        every = self.cfg.target_update_every
-        if joint and every == 0:
+        if self._joint() and self.cfg.target_update_every == 0:
             self._refresh()
-        sums: dict[str, torch.Tensor] = {}
-        batches = self._batches()
-        for idx in batches:
-            if joint and every and self.joint_steps % every == 0:
-                self._refresh()
-            terms = self._joint_step(idx) if joint else self._pretrain_step(idx)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.detach()
-            self.steps += 1
-            self.images_seen += len(idx)
-        means = {k: float(v) / len(batches) for k, v in sums.items()}
-        bad = {k: v for k, v in means.items() if not np.isfinite(v)}
-        if bad:
-            raise NonFiniteLossError(f"ics: non-finite {bad} in epoch {self.epoch} (phase {self.phase})")
-        return means
 
-    def _pretrain_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self._norm(self.x[idx])
-        loss_r = reconstruction_loss(self.net.decode(self.net.encode(x)), x)
-        self._descend(loss_r)
-        zero = torch.zeros((), device=self.device)
-        return {"loss": loss_r, "loss_r": loss_r, "loss_c": zero, "loss_b": zero, "loss_t": zero}
-
-    def _joint_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        c, x = self.cfg, self.x[idx]
-        zero = torch.zeros((), device=self.device)
-        out = {f"loss_{t}": zero for t in TERMS}
-        if c.omega > 0:
+    def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self._joint():  # pre-training: L_r alone, unweighted
+            x = self._norm(self.x[idx])
+            out = ics_loss({"r": 1.0}, x=x, x_rec=self.net.decode(self.net.encode(x)))
+            self.descend("adam", out.total)
+            return out.logged()
+        c, x, every = self.cfg, self.x[idx], self.cfg.target_update_every
+        if every and self.joint_steps % every == 0:
+            self._refresh()
+        w, extra = c.weights(), {}
+        inputs: dict[str, Any] = {"x": self._norm(x), "margin": c.margin, "reduction": c.reduction}
+        if w["t"]:
             x_pos, x_neg, found = self._triplet_images(x, idx)
             z, z_pos, z_neg = self.net.encode(self._norm(torch.cat([x, x_pos, x_neg]))).split(len(idx))
-            out["neg_found_rate"] = found.float().mean()
+            inputs |= {"z": z, "z_pos": z_pos, "z_neg": z_neg}
+            extra["neg_found_rate"] = found.float().mean()
         else:
-            z = self.net.encode(self._norm(x))
-        if c.alpha > 0:
-            out["loss_r"] = reconstruction_loss(self.net.decode(z), self._norm(x))
-        if c.beta > 0 or c.gamma > 0:
-            q = soft_assign(z, self.centers)
-            if c.beta > 0:
-                out["loss_c"] = kl_divergence(self.target[idx], q)
-            if c.gamma > 0:
-                out["loss_b"] = balance_loss(q, c.reduction).total
-        if c.omega > 0:
-            out["loss_t"] = triplet_loss(z, z_pos, z_neg, c.margin, c.reduction).total
-        # the one combining point: an ablated term has weight 0 and was not computed above
-        loss = (
-            c.alpha * out["loss_r"]
-            + c.beta * out["loss_c"]
-            + c.gamma * out["loss_b"]
-            + c.omega * out["loss_t"]
-        )
-        self._descend(loss)
+            z = self.net.encode(inputs["x"])
+        if w["r"]:
+            inputs["x_rec"] = self.net.decode(z)
+        if w["c"] or w["b"]:
+            inputs |= {"q": soft_assign(z, self.centers), "p": self.target[idx]}
+        out = ics_loss(w, **inputs)
+        self.descend("adam", out.total)
         self.joint_steps += 1
-        return {"loss": loss, **out}
+        return {**out.logged(), **extra}
 
     @torch.no_grad()
     def _triplet_images(
@@ -221,13 +193,7 @@ class ICS(Method):
         x_pos = augs.view(b, a, *x.shape[1:])[torch.arange(b, device=self.device), pick]
         return x_pos, self.x[sel.index], sel.found
 
-    def _descend(self, loss: torch.Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-            self.opt.step()
-
-    # evaluation, state --------------------------------------------------------------------------------
+    # evaluation ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
         """Codes of the whole dataset; after pre-training also argmax q (before: the spine's k-means)."""
@@ -236,28 +202,4 @@ class ICS(Method):
         return Evaluation(embedding=z.cpu().numpy().astype(np.float32), assignment=assignment)
 
     def progress(self) -> dict[str, float]:
-        return {"phase": float(self.phase)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **self.base_state(),
-            "net": self.net.state_dict(),
-            "centers": self.centers.detach().clone(),
-            "opt": self.opt.state_dict(),
-            "phase": self.phase,
-            "joint_steps": self.joint_steps,
-            "target": self.target,
-            "bank": self.bank,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.load_base_state(state)
-        self.net.load_state_dict(state["net"])
-        with torch.no_grad():
-            self.centers.copy_(state["centers"].to(self.device))
-        self.opt.load_state_dict(state["opt"])
-        self.phase = int(state["phase"])
-        self.joint_steps = int(state["joint_steps"])
-        self.target, self.bank = (
-            None if t is None else t.to(self.device) for t in (state["target"], state["bank"])
-        )
+        return {**super().progress(), "phase": float(self.phase)}

@@ -5,18 +5,17 @@ A backbone maps augmented images to L2-normalised d-dim features trained with ``
 clustering is k-means on the features (done by the metrics layer). Defaults follow methods.md (IDFD section),
 the paper (Sec. 4, App. A) and its public code (github.com/TTN-YKK/Clustering_friendly_representation_learning).
 
-Epochs: one pass over a seeded permutation in batches of ``batch_size``; the last partial batch is kept (as the
-public code's DataLoader does) unless it holds a single image (BatchNorm cannot train on one 1x1 map and L_F's
-column normalisation is degenerate), in which case it is dropped for that epoch.
+Epochs (the base's loop): one pass over a seeded permutation in batches of ``batch_size``; the last partial batch
+is kept (as the public code's DataLoader does) unless it holds a single image (BatchNorm cannot train on one 1x1
+map and L_F's column normalisation is degenerate). The lr follows ``lr_milestones``/``lr_gamma`` from the config.
 
-``train_epoch`` reports the epoch means of ``loss`` (the weighted total), ``loss_instance`` (L_I) and
-``loss_feature`` (L_F for ``idfd``, L_FO for ``idfo``; absent for ``id``, where it is not computed);
-``progress()`` adds the learning rate ``lr``.
+Logged terms: ``loss`` (the weighted total), ``loss_instance`` (L_I), and ``loss_decorrelation`` (L_F, ``idfd``)
+or ``loss_orthogonal`` (L_FO, ``idfo``); ``lr`` is the learning rate of the epoch.
 """
 
 from __future__ import annotations
 
-import math
+from bisect import bisect_right
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -24,13 +23,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from tuneclust.data import augment as A
-from tuneclust.data.registry import Dataset
-from tuneclust.losses.idfd import idfd_loss, init_bank, update_bank
-from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteLossError
+from tuneclust.losses.idfd import idfd_loss, init_bank, update_bank, variant_weights
+from tuneclust.methods.base import Evaluation, Method, MethodConfig
 from tuneclust.nets.backbones import build_backbone
-
-EVAL_BATCH = 512
-"""Images per forward pass at evaluation."""
 
 
 class IDFDConfig(MethodConfig):
@@ -81,6 +76,14 @@ class IDFDConfig(MethodConfig):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     """Cap on optimisation steps per epoch (None: a full pass). For smoke runs and quick looks only."""
 
+    def weights(self) -> dict[str, float]:
+        """``variant`` and ``alpha`` as term weights (Table 1: ID, IDFO, IDFD)."""
+        return variant_weights(self.variant, self.alpha)
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of 0-based ``epoch``: ``lr`` times ``lr_gamma`` per milestone reached (App. A)."""
+        return self.lr * self.lr_gamma ** bisect_right(sorted(self.lr_milestones), epoch)
+
 
 class IDFD(Method):
     """Instance discrimination + feature decorrelation with a memory bank; k-means on the features."""
@@ -88,26 +91,28 @@ class IDFD(Method):
     name: ClassVar[str] = "idfd"
     Config: ClassVar[type[MethodConfig]] = IDFDConfig
     smoke_overrides: ClassVar[dict[str, Any]] = {"batch_size": 64, "max_steps_per_epoch": 4}
+    state_attrs: ClassVar[tuple[str, ...]] = ("bank",)
+    cfg: IDFDConfig
 
-    def __init__(self, cfg: IDFDConfig, data: Dataset, device: torch.device, epochs: int) -> None:
-        super().__init__(cfg, data, device, epochs)
+    def build(self) -> None:
+        cfg, data = self.cfg, self.data
         if not data.is_image:
             raise ValueError(
                 f"IDFD needs images (N, C, H, W); dataset {data.name!r} has shape {tuple(data.x.shape)}"
             )
-        self.x = data.x.to(device)
-        self.net = build_backbone(cfg.backbone, data.channels, cfg.feature_dim).to(device)
+        self.x = data.x.to(self.device)
+        self.net = self.add_net("net", build_backbone(cfg.backbone, data.channels, cfg.feature_dim))
         self.bank = init_bank(len(data), cfg.feature_dim, self.generator)
-        self.optimizer = torch.optim.SGD(
-            self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        self.add_optimizer(
+            "sgd",
+            "sgd",
+            self.net.parameters(),
+            lambda c: {"lr": c.lr, "momentum": c.momentum, "weight_decay": c.weight_decay},
+            schedule=lambda c, epoch: c.lr_at(epoch),
         )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma
-        )
-        self._mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-        self._std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+        self._mean = torch.tensor(data.mean, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(data.std, device=self.device).view(1, -1, 1, 1)
 
-    # training -----------------------------------------------------------------------------------------
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """The public code's pipeline (crop, colour jitter, grayscale) plus flip, each a toggle; on the device."""
         c, g = self.cfg, self.generator
@@ -124,74 +129,19 @@ class IDFD(Method):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised features of images in [0, 1] (normalised with the dataset's mean/std first)."""
-        return F.normalize(self.net((x - self._mean) / self._std), dim=1)
+        return F.normalize(self.net((x - self._mean) / self._std).float(), dim=1)
 
-    def _batches(self) -> list[torch.Tensor]:
-        batches = list(self.permutation(len(self.x)).split(self.cfg.batch_size))
-        if len(batches) > 1 and batches[-1].numel() < 2:
-            batches.pop()
-        return batches[: self.cfg.max_steps_per_epoch]
-
-    def train_epoch(self) -> dict[str, float]:
-        """One pass: augment, embed, IDFD loss against the pre-update bank, SGD step, bank update."""
+    def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Augment, embed, IDFD loss against the pre-update bank, SGD step, bank update."""
         c = self.cfg
-        self.net.train()
-        batches = self._batches()
-        sums = torch.zeros(3, device=self.device)
-        for idx in batches:
-            f = self.embed(self.augment(self.x[idx]))
-            out = idfd_loss(f, self.bank, idx, tau=c.tau, tau2=c.tau2, alpha=c.alpha, variant=c.variant)
-            self.optimizer.zero_grad(set_to_none=True)
-            out.total.backward()
-            self.optimizer.step()
-            update_bank(self.bank, f.detach(), idx, momentum=c.bank_momentum)
-            feature = out.feature.detach() if out.feature is not None else torch.zeros((), device=self.device)
-            sums += torch.stack([out.total.detach(), out.instance.detach(), feature])
-            self.steps += 1
-            self.images_seen += int(idx.numel())
-        self.scheduler.step()
-        return self._epoch_means(sums / max(len(batches), 1))
+        f = self.embed(self.augment(self.x[idx]))
+        out = idfd_loss(f, self.bank, idx, tau=c.tau, tau2=c.tau2, weights=c.weights())
+        self.descend("sgd", out.total)
+        update_bank(self.bank, f.detach(), idx, momentum=c.bank_momentum)
+        return out.logged()
 
-    def _epoch_means(self, means: torch.Tensor) -> dict[str, float]:
-        """``loss`` (weighted total), ``loss_instance`` and ``loss_feature`` (absent for ``variant: id``)."""
-        total, instance, feature = means.tolist()
-        out = {"loss": total, "loss_instance": instance}
-        if self.cfg.variant != "id":
-            out["loss_feature"] = feature
-        if not all(math.isfinite(v) for v in out.values()):
-            raise NonFiniteLossError(
-                f"IDFD: non-finite loss in epoch {self.epoch + 1}: {out} (config {self.cfg})"
-            )
-        return out
-
-    def progress(self) -> dict[str, float]:
-        """``lr``: the learning rate the next epoch will use (after this epoch's scheduler step)."""
-        return {"lr": float(self.optimizer.param_groups[0]["lr"])}
-
-    # evaluation ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
         """Features of the clean images in eval mode (``embed: model``) or the memory bank (``embed: memory``)."""
-        if self.cfg.embed == "memory":
-            return Evaluation(embedding=self.bank.float().cpu().numpy())
-        self.net.eval()
-        feats = [self.embed(xb) for xb in self.x.split(EVAL_BATCH)]
-        self.net.train()
-        return Evaluation(embedding=torch.cat(feats).float().cpu().numpy())
-
-    # state ------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "net": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "bank": self.bank.clone(),
-            "base": self.base_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.bank.copy_(state["bank"].to(self.device))
-        self.load_base_state(state["base"])
+        z = self.bank if self.cfg.embed == "memory" else self.map_chunks(self.embed, self.x)
+        return Evaluation(embedding=z.float().cpu().numpy())

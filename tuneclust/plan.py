@@ -1,0 +1,122 @@
+"""The one place a trial's configuration is assembled and validated.
+
+A trial's method config is ``method defaults <- spec config <- ablation arm <- searched point`` and its data config
+``spec data <- data.<field> of the point``: :func:`merge` does that, once, for spec validation, for the driver (the
+tables' ``config.*`` columns) and for the worker (the trial itself). :class:`SweepPlan` is what every trial of a
+sweep shares, built by the driver from the spec and shipped to the workers; :class:`TrialPlan` is one trial,
+ready to run without YAML or Ray (``python -m tuneclust train`` and the benchmarks build it directly).
+
+This module sits below the spec layer: it never imports the spec, the trainable or Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tuneclust.spec import Spec
+
+
+def merge(
+    config: dict[str, Any], arm: dict[str, Any], data: dict[str, Any], point: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(method config, data config) of one trial: ``config <- arm <- point``; ``data <- data.<field>`` keys.
+
+    Args:
+        config: the spec's fixed method config (unvalidated keys; defaults are filled in by validation).
+        arm: the ablation arm's overrides ({} without an ablation).
+        data: the spec's data section.
+        point: the searched values, possibly with ``arm`` (ignored here) and ``data.<field>`` keys.
+    """
+    cfg = {**config, **arm}
+    data = dict(data)
+    for k, v in point.items():
+        if k == "arm":
+            continue
+        if k.startswith("data."):
+            data[k[5:]] = v
+        else:
+            cfg[k] = v
+    return cfg, data
+
+
+def validated_config(method: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every key of the method's config, defaults included, after validation (raises pydantic's error)."""
+    from tuneclust.methods import get_method
+
+    return get_method(method).Config.model_validate(cfg).model_dump()
+
+
+@dataclass
+class TrialPlan:
+    """Everything one trial needs, already resolved (no YAML, no search space).
+
+    Attributes:
+        method: registry name (``idfd``, ``dccs``, ``cdc``, ``ics``).
+        config: the method config (validated by the trial when it builds the method).
+        data: the data config (fields of :class:`~tuneclust.data.registry.DataConfig`).
+        epochs: epochs to train.
+        eval_every: evaluate, report and checkpoint every this many epochs (and after the last).
+        cpu: CPUs of the trial (torch threads).
+        gpu: GPU share of the trial (0: CPU only).
+        runtime: the spec's runtime section (precision, channels_last, compile, ...); {} = defaults.
+    """
+
+    method: str
+    config: dict[str, Any]
+    data: dict[str, Any]
+    epochs: int
+    eval_every: int = 1
+    cpu: float = 1.0
+    gpu: float = 0.0
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What every trial of a sweep shares: built once by the driver, shipped to the workers with the trainable."""
+
+    method: str
+    config: dict[str, Any]
+    ablation: dict[str, dict[str, Any]]
+    data: dict[str, Any]
+    epochs: int
+    eval_every: int
+    cpu: float
+    gpu: float
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: Spec) -> SweepPlan:
+        runtime = getattr(spec, "runtime", None)
+        return cls(
+            method=spec.method,
+            config=dict(spec.config),
+            ablation={k: dict(v) for k, v in spec.ablation.items()},
+            data=spec.data.model_dump(),
+            epochs=spec.budget.epochs,
+            eval_every=spec.budget.eval_every,
+            cpu=spec.resources.cpu,
+            gpu=spec.resources.gpu,
+            runtime=runtime.model_dump() if runtime is not None else {},
+        )
+
+    def merge(self, point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(method config, data config) of the trial at ``point`` (see :func:`merge`)."""
+        return merge(self.config, self.ablation.get(point.get("arm") or "", {}), self.data, point)
+
+    def trial(self, point: dict[str, Any]) -> TrialPlan:
+        """The plan of the trial at ``point`` (Ray's trial config: searched values and ``arm``)."""
+        cfg, data = self.merge(point)
+        shared = {k: v for k, v in asdict(self).items() if k not in ("config", "ablation", "data")}
+        return TrialPlan(config=cfg, data=data, **shared)
+
+    def identity(self, point: dict[str, Any]) -> dict[str, Any]:
+        """The table columns of the trial at ``point``: arm, every resolved config key, the data fields."""
+        cfg, data = self.merge(point)
+        ident: dict[str, Any] = {"arm": point.get("arm") or ""}
+        ident.update({f"config.{k}": v for k, v in validated_config(self.method, cfg).items()})
+        ident["data.name"] = data["name"]
+        ident.update({k: v for k, v in point.items() if k.startswith("data.")})
+        return ident
