@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tuneclust.cli import main
+from tuneclust.plan import SweepPlan
 from tuneclust.spec import SpecError, load_spec, smoke_spec
 
 GOOD = """
@@ -39,7 +40,7 @@ def test_good_spec_counts_trials(tmp_path):
     spec = load_spec(spec_file(tmp_path))
     assert spec.num_trials() == 3 * 2 * 2
     assert spec.mode == "max" and spec.arms == ["ID", "IDFD"]
-    cfg, data = spec.resolve({"tau": 2.0, "seed": 1, "arm": "ID"})
+    cfg, data = SweepPlan.from_spec(spec).merge({"tau": 2.0, "seed": 1, "arm": "ID"})
     assert cfg == {"backbone": "convnet", "alpha": 1.0, "variant": "id", "tau": 2.0, "seed": 1}
     assert data["name"] == "digits"
 
@@ -54,7 +55,7 @@ def test_optuna_counts_cells_times_samples(tmp_path):
     )
     spec = load_spec(p)
     assert spec.num_trials() == 2 * 2 * 5  # seeds x arms cells, 5 TPE trials each
-    assert len(spec.cells()) == 4
+    assert len(spec.space.cells()) == 4
 
 
 def test_set_overrides_are_type_checked(tmp_path):

@@ -27,88 +27,20 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 
 from tuneclust.losses.cdc import cdc_loss
 from tuneclust.losses.dec import soft_assign, target_distribution
-from tuneclust.methods.base import Evaluation, Method, MethodConfig
+from tuneclust.methods.base import Evaluation, Method
+from tuneclust.methods.configs import CDCConfig
 from tuneclust.metrics import kmeans_fit
 from tuneclust.nets.autoencoders import DenseAutoencoder
 
 TERMS = ("loss_r", "loss_cr_x", "loss_cr_xrec", "loss_c", "loss_a")
 """Unweighted loss terms a CDC epoch may log (see the module docstring)."""
-
-
-class CDCConfig(MethodConfig):
-    """CDC hyperparameters and loss toggles. Defaults: paper Sec. 3-4 and methods.md; pre-training from public code."""
-
-    dims: list[int] = Field([500, 500, 2000, 10], min_length=1)
-    """Encoder sizes after the input, ending with the embedding d; the decoder mirrors them (Sec. 3.1, from DEC)."""
-    init: Literal["dec_uniform", "glorot_uniform"] = "dec_uniform"
-    """Dense init: DEC's U(+-1/sqrt(fan_in)) (public code: FMNIST, Reuters) or Glorot (public code: STL-10, CIFAR-10)."""
-    alpha: float = Field(1.0, gt=0)
-    """Student-t degrees of freedom of every kernel (Eq. 5, 8: "set to 1 for all experiments")."""
-    kernel_norm: Literal["row", "global"] = "row"
-    """Pairwise kernel normalisation: per row, diagonal included (public code; methods.md) or over all pairs (Eq. 5)."""
-    corr_sharpen: bool = False
-    """Sharpen C_Z with Eq. 10 inside L_cr: Eq. 6 does not (False), the public code does (True)."""
-    batch_size: int = Field(64, ge=2)
-    """m, both phases (Sec. 3.4; public code)."""
-    pretrain_epochs: int = Field(100, ge=0)
-    """Pre-training passes; the paper gives none: public code FMNIST 100, Reuters/STL-10 30, CIFAR-10 60."""
-    pretrain_optimizer: Literal["sgd", "adam"] = "sgd"
-    """Pre-training optimiser (public code: SGD with momentum for the four datasets, Adam otherwise)."""
-    pretrain_lr: float = Field(0.1, gt=0)
-    """Public code: FMNIST/Reuters 0.1, STL-10/CIFAR-10 1.0 (SGD); Keras' Adam default would be 1e-3."""
-    pretrain_momentum: float = Field(0.9, ge=0, lt=1)
-    """SGD momentum of pre-training (public code)."""
-    pretrain_corr: bool = True
-    """Pre-train with L_AE (Eq. 7); False = plain AE with L_r only (Table 3 "AE + L_r")."""
-    lam: float = Field(1e-3, ge=0)
-    """lambda of Eq. 7 (Sec. 4.4: 1e-3; 1e-6 for CIFAR-10); grid over {1e-6, ..., 1}."""
-    finetune: bool = True
-    """Run the fine-tuning phase; False = the AE rows of Table 3 (k-means on Z after pre-training)."""
-    finetune_iters: int = Field(5000, ge=1)
-    """T, fine-tuning iterations (Sec. 3.4)."""
-    update_interval: int = Field(50, ge=1)
-    """h, iterations between target updates (Sec. 3.4; methods.md: 50, 80 for CIFAR-10)."""
-    finetune_lr: float = Field(0.01, gt=0)
-    """Fine-tuning SGD learning rate (Sec. 3.4)."""
-    finetune_momentum: float = Field(0.9, ge=0, lt=1)
-    """Fine-tuning SGD momentum (Sec. 3.4)."""
-    eta: float = Field(0.75, ge=0)
-    """Weight of L_a in Eq. 13 (Sec. 4.4)."""
-    beta: float = Field(1e-3, ge=0)
-    """Weight of L_re in Eq. 13 (Sec. 4.4)."""
-    affinity: bool = True
-    """L_a on/off (Table 3)."""
-    regularize: bool = True
-    """L_re on/off (Table 3)."""
-    affinity_sharpen: bool = True
-    """C_Q "computed in a similar manner to P" (Sec. 3.3; public code)."""
-    affinity_detach_target: bool = False
-    """Stop the gradient through C_Q; False as Algorithm 1 line 12 (centres updated by L_a) and the public code."""
-    kmeans_init_n_init: int = Field(20, ge=1)
-    """k-means restarts of the centre initialisation (public code: 20)."""
-
-    def weights(self, finetuning: bool = False) -> dict[str, float]:
-        """Eq. 7's (pre-training) or Eq. 13's (fine-tuning) term weights; Table 3's switches set them to 0."""
-        if not finetuning:
-            cr = self.lam * self.pretrain_corr
-            return {"r": 1.0, "cr_x": cr, "cr_xrec": cr}
-        re = self.beta * self.regularize
-        return {"c": 1.0, "a": self.eta * self.affinity, "cr_x": re, "cr_xrec": re}
-
-    @field_validator("dims")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if min(v) < 1:
-            raise ValueError(f"layer sizes must be >= 1, got {v}")
-        return v
 
 
 class CDC(Method):

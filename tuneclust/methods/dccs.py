@@ -21,92 +21,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import chain
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 
 from tuneclust.data import augment as A
 from tuneclust.losses import dccs as L
 from tuneclust.methods.base import Evaluation, Method, MethodConfig
-from tuneclust.nets.dccs_nets import Critic, Discriminator, EncoderName, activation_dim, build_encoder
+from tuneclust.methods.configs import DCCSConfig
+from tuneclust.nets.dccs_nets import Critic, Discriminator, activation_dim, build_encoder
 
 EVAL_SEED_OFFSET = 7919
 """Prior samples for ``w_distance`` come from their own generator (seed + this), not the training stream."""
-
-
-class DCCSConfig(MethodConfig):
-    """DCCS hyperparameters; every default with its source."""
-
-    style_dim: int = Field(50, ge=0)
-    """Size of the style code zs (Sec. 4.1.3; Fig. 6 sweeps 0..70; 0: z = zc)."""
-    prior_sigma: float = Field(0.1, gt=0)
-    """Std of the Gaussian prior on zs (Sec. 3.3 / 4.1.3)."""
-    mi: bool = True
-    """Table 5 toggle: the MI term L_MI (M1: adv; M2: adv+mi; M3: adv+aug; M4: all)."""
-    aug: bool = True
-    """Table 5 toggle: the augmentation-invariance term L_Aug."""
-    adv: bool = True
-    """Table 5 toggle: the adversarial prior term L_Adv (WGAN-GP critic)."""
-    beta_mi: float = Field(0.5, ge=0)
-    """Weight of L_MI in the encoder objective (Sec. 4.1.3)."""
-    beta_aug: float = Field(4.0, ge=0)
-    """Weight of L_Aug (Sec. 4.1.3: 4 for CIFAR/STL/ImageNet; specs set 2 for MNIST/FMNIST)."""
-    beta_adv: float = Field(1.0, ge=0)
-    """Weight of L_Adv in the encoder objective (Sec. 4.1.3)."""
-    aug_detach_target: bool = False
-    """methods.md: the public code does not detach Q(zc|x)"""
-    lambda_gp: float = Field(10.0, ge=0)
-    """Gradient-penalty weight lambda of the WGAN-GP critic (Sec. 4.1.3)."""
-    n_critic: int = Field(4, ge=1)
-    """Critic steps per encoder step, each on a fresh batch (Sec. 4.1.3)."""
-    lr: float = Field(1e-4, gt=0)
-    """Adam learning rate of both optimisers (Sec. 4.1.3)."""
-    adam_beta1: float = Field(0.5, ge=0, lt=1)
-    """Adam beta1 (Sec. 4.1.3)."""
-    adam_beta2: float = Field(0.9, ge=0, lt=1)
-    """Adam beta2 (Sec. 4.1.3)."""
-    batch_size: int = Field(64, ge=2)
-    """Batch size (Sec. 4.1.3)."""
-    image_mode: Literal["gray", "rgb"] = "gray"
-    """Sec. 4.1.1 (as IIC); Table 15 compares rgb"""
-    normalize: Literal["half", "dataset"] = "half"
-    """public code: Normalize(0.5, 0.5)"""
-    encoder: EncoderName = "auto"
-    """appendix A, by image size (see nets.dccs_nets)"""
-    width: int | None = Field(None, ge=4)
-    """residual base width; None: Tables 7/8 (128 / 64)"""
-    mlp_hidden: int = Field(1024, ge=2)
-    """Tables 9/10: critic and D hidden sizes h, h/2"""
-    crop: bool = True
-    """appendix B (1): random resized crop"""
-    crop_scale_min: float = Field(0.4, gt=0, le=1)
-    """appendix B: area in [40%, 100%]"""
-    hflip: bool = True
-    """appendix B (2); public code: off for MNIST only (specs set it)"""
-    color_jitter: bool = True
-    """appendix B (3)"""
-    jitter: float = Field(0.4, ge=0, le=1)
-    """appendix B: brightness/contrast/saturation factor in [0.6, 1.4]"""
-    jitter_hue: float = Field(0.125, ge=0, le=0.5)
-    """appendix B: hue in [0.875, 1.125]"""
-    channel_shuffle: bool = True
-    """appendix B (4): colour images, before graying"""
-
-    @model_validator(mode="after")
-    def _some_term(self) -> DCCSConfig:
-        if not any(self.weights().values()):
-            raise ValueError("DCCS needs at least one of mi, aug, adv switched on with a weight above 0")
-        return self
-
-    def weights(self) -> dict[str, float]:
-        """Eq. 12's weights; a Table 5 switch (``mi``, ``aug``, ``adv``) off sets its weight to 0."""
-        return {
-            "mi": self.beta_mi * self.mi,
-            "aug": self.beta_aug * self.aug,
-            "adv": self.beta_adv * self.adv,
-        }
 
 
 class DCCS(Method):

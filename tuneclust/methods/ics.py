@@ -19,62 +19,20 @@ Decisions where the paper is silent (each a config key):
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
 from tuneclust.data import augment
 from tuneclust.losses.dec import soft_assign, target_distribution
 from tuneclust.losses.ics import ics_loss, select_negatives
-from tuneclust.methods.base import Evaluation, Method, MethodConfig
+from tuneclust.methods.base import Evaluation, Method
+from tuneclust.methods.configs import ICSConfig
 from tuneclust.metrics import kmeans_fit
 from tuneclust.nets.conv_autoencoders import ConvAutoencoder
 
-ARCH_DEFAULTS: dict[str, dict[str, float]] = {
-    "shallow": {"beta": 0.8, "gamma": 0.01, "omega": 0.1, "margin": 0.24, "latent_dim": 64},  # Sec. 4.4, 4.3
-    "deep": {"beta": 0.7, "gamma": 0.01, "omega": 0.3, "margin": 0.3, "latent_dim": 10},  # Sec. 4.4, 4.3
-}
 TERMS = ("r", "c", "b", "t")
-
-
-class ICSConfig(MethodConfig):
-    """ICS hyperparameters. ``None`` = the architecture's paper value (ARCH_DEFAULTS), filled in at validation."""
-
-    arch: Literal["shallow", "deep"] = (
-        "shallow"  # Sec. 4.3: shallow for MNIST/USPS, deep for CIFAR/FRGC/ImageNet
-    )
-    latent_dim: int | None = Field(default=None, ge=1)  # Sec. 4.3 "feature dimensions ... 64 and 10"
-    alpha: float = Field(default=1.0, ge=0)  # Sec. 4.4: fixed at 1
-    beta: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.8 shallow, 0.7 deep
-    gamma: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.01 both
-    omega: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.1 shallow, 0.3 deep
-    margin: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.24 shallow, 0.3 deep
-    lr: float = Field(default=1e-3, gt=0)  # Sec. 4.3: Adam, learning rate 0.001
-    batch_size: int = Field(default=256, ge=2)  # paper silent; DEC's 256
-    pretrain_epochs: int = Field(default=3, ge=0)  # Sec. 3.3: three epochs of L_r before negative selection
-    target_update_every: int = Field(default=0, ge=0)  # paper silent; 0 = refresh P and bank every epoch
-    n_aug_neg: int = Field(default=10, ge=1)  # Algorithm 1: 10 augmentations per anchor
-    neg_tries: int = Field(default=50, ge=1)  # paper's loop is unbounded; our bound
-    reduction: Literal["mean", "sum"] = "mean"  # L_b, L_t over the batch; Eq. 5/6 print "sum", we average
-    aug_rotation: float = Field(default=15.0, ge=0, le=180)  # degrees; Sec. 3.3 names rotation, no range
-    aug_scale: float = Field(default=0.1, ge=0, lt=1)  # zoom in [1-s, 1+s]; Sec. 3.3 "scale"
-    aug_erasing: float = Field(default=0.5, ge=0, le=1)  # probability; Sec. 3.3 "erasing"
-    aug_flip: float = Field(default=0.5, ge=0, le=1)  # probability; Sec. 3.3 "flip"
-    aug_brightness: float = Field(default=0.2, ge=0)  # Algorithm 1 "brightness"
-    aug_contrast: float = Field(default=0.2, ge=0)  # Algorithm 1 "contrast"
-
-    @model_validator(mode="after")
-    def _arch_defaults(self) -> ICSConfig:
-        for key, value in ARCH_DEFAULTS[self.arch].items():
-            if getattr(self, key) is None:
-                self.__dict__[key] = type(value)(value)  # bypass validate_assignment (no re-entry)
-        return self
-
-    def weights(self) -> dict[str, float]:
-        """The joint phase's term weights (Sec. 3.4): alpha L_r + beta L_c + gamma L_b + omega L_t."""
-        return {"r": self.alpha, "c": self.beta, "b": self.gamma, "t": self.omega}
 
 
 class ICS(Method):

@@ -15,74 +15,16 @@ or ``loss_orthogonal`` (L_FO, ``idfo``); ``lr`` is the learning rate of the epoc
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from tuneclust.data import augment as A
-from tuneclust.losses.idfd import idfd_loss, init_bank, update_bank, variant_weights
+from tuneclust.losses.idfd import idfd_loss, init_bank, update_bank
 from tuneclust.methods.base import Evaluation, Method, MethodConfig
+from tuneclust.methods.configs import IDFDConfig
 from tuneclust.nets.backbones import build_backbone
-
-
-class IDFDConfig(MethodConfig):
-    """IDFD hyperparameters and toggles; each default with its source."""
-
-    variant: Literal["id", "idfo", "idfd"] = "idfd"
-    """Loss: L_I only, L_I + alpha L_FO, or L_I + alpha L_F (paper Eq. 2, 7, 6; Table 1 ablation)."""
-    backbone: Literal["resnet18", "resnet34", "vgg16", "convnet"] = "resnet18"
-    """Paper App. A: ResNet18 with the CIFAR stem; Table 2 adds ConvNet, VGG16, ResNet34."""
-    feature_dim: int = Field(128, ge=2)
-    """d, the feature size (App. A, after Wu et al. 2018)."""
-    tau: float = Field(1.0, gt=0)
-    """Temperature of L_I (Sec. 4: 1 for ID(tuned)/IDFO/IDFD; 0.07 is ID(original); Fig. 3 sweep)."""
-    tau2: float = Field(2.0, gt=0)
-    """Temperature of L_F (Sec. 4; Fig. 4 sweep)."""
-    alpha: float = Field(1.0, ge=0)
-    """Weight of the feature term: 1 for IDFD; IDFO used 10 (CIFAR) and 0.5 (STL-10, ImageNet subsets) (App. A)."""
-    lr: float = Field(0.03, gt=0)
-    """SGD learning rate (App. A; public code)."""
-    momentum: float = Field(0.9, ge=0, lt=1)
-    """SGD momentum (App. A)."""
-    weight_decay: float = Field(5e-4, ge=0)
-    """SGD weight decay (public code)."""
-    batch_size: int = Field(128, ge=2)
-    """B (App. A)."""
-    lr_milestones: list[int] = [600, 950, 1300, 1650]
-    """Epochs at which the lr is multiplied by lr_gamma (public code; App. A: after 600, every 350)."""
-    lr_gamma: float = Field(0.1, gt=0, le=1)
-    """lr decay factor (App. A)."""
-    bank_momentum: float = Field(0.5, ge=0, lt=1)
-    """Memory bank update M_i <- normalize(m M_i + (1 - m) f_i) (public code: 0.5)."""
-    aug_crop: bool = True
-    """RandomResizedCrop (public code; Fig. 11 toggle)."""
-    aug_crop_scale: float = Field(0.2, gt=0, le=1)
-    """Smallest crop area fraction (public code: scale (0.2, 1))."""
-    aug_color: bool = True
-    """ColorJitter (public code; Fig. 11 toggle)."""
-    aug_color_strength: float = Field(0.4, ge=0)
-    """Brightness = contrast = saturation jitter (public code: 0.4 each, no hue)."""
-    aug_gray: bool = True
-    """RandomGrayscale (public code; Fig. 11 toggle)."""
-    aug_gray_p: float = Field(0.2, ge=0, le=1)
-    """Probability of graying (public code: 0.2)."""
-    aug_flip: bool = True
-    """RandomHorizontalFlip (paper App. C.3 / Fig. 11 and Wu et al. 2018; the public IDFD script omits it)."""
-    embed: Literal["model", "memory"] = "model"
-    """What k-means clusters: clean eval-mode features (methods.md) or the memory bank (public code)."""
-    max_steps_per_epoch: int | None = Field(None, ge=1)
-    """Cap on optimisation steps per epoch (None: a full pass). For smoke runs and quick looks only."""
-
-    def weights(self) -> dict[str, float]:
-        """``variant`` and ``alpha`` as term weights (Table 1: ID, IDFO, IDFD)."""
-        return variant_weights(self.variant, self.alpha)
-
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of 0-based ``epoch``: ``lr`` times ``lr_gamma`` per milestone reached (App. A)."""
-        return self.lr * self.lr_gamma ** bisect_right(sorted(self.lr_milestones), epoch)
 
 
 class IDFD(Method):
