@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _leaf(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).requires_grad_()
+    return torch.randn(
+        *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    ).requires_grad_()
 
 
 def _softmax_leaf(b: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +61,11 @@ def _cdc(finetuning: bool):
         weights = {"c": 1.0, "a": 0.75, "cr_x": 0.1, "cr_xrec": 0.1}
     else:
         weights = {"r": 1.0, "cr_x": 0.5, "cr_xrec": 0.5}
-    return (lambda w: cdc_loss(w, x=x, z=z, x_rec=x_rec, q=q, p=p, sharpen_z=True)), weights, [z, x_rec, logits]
+    return (
+        (lambda w: cdc_loss(w, x=x, z=z, x_rec=x_rec, q=q, p=p, sharpen_z=True)),
+        weights,
+        [z, x_rec, logits],
+    )
 
 
 def _ics():
@@ -90,7 +96,9 @@ def test_zero_weight_removes_exactly_that_terms_gradient(make) -> None:
     g_full = _grads(full.total, leaves)
     for term, w in weights.items():
         off = loss({**weights, term: 0.0})
-        assert term not in off.terms and f"loss_{term}" not in off.logged(), "an off term is not computed or logged"
+        assert term not in off.terms and f"loss_{term}" not in off.logged(), (
+            "an off term is not computed or logged"
+        )
         g_off = _grads(off.total, leaves)
         g_term = _grads(full.terms[term], leaves)
         assert any(g.abs().sum() > 0 for g in g_term), f"{term} has a gradient to remove"
@@ -104,11 +112,21 @@ CASES = {
     "idfd": ({"backbone": "convnet", "batch_size": 60, "max_steps_per_epoch": 2}, {"lr": 0.05}, 1),
     "dccs": ({"mlp_hidden": 32, "batch_size": 40, "n_critic": 1}, {"lr": 3e-4}, 1),
     "cdc": (
-        {"dims": [16, 16, 4], "batch_size": 60, "pretrain_epochs": 1, "finetune_iters": 4, "kmeans_init_n_init": 1},
+        {
+            "dims": [16, 16, 4],
+            "batch_size": 60,
+            "pretrain_epochs": 1,
+            "finetune_iters": 4,
+            "kmeans_init_n_init": 1,
+        },
         {"finetune_lr": 0.002, "finetune_momentum": 0.5},
         2,
     ),
-    "ics": ({"batch_size": 120, "pretrain_epochs": 1, "n_aug_neg": 2, "neg_tries": 2, "latent_dim": 4}, {"lr": 5e-3}, 2),
+    "ics": (
+        {"batch_size": 120, "pretrain_epochs": 1, "n_aug_neg": 2, "neg_tries": 2, "latent_dim": 4},
+        {"lr": 5e-3},
+        2,
+    ),
 }
 
 
@@ -129,7 +147,9 @@ def test_a_restored_trial_trains_at_its_configured_hyperparameters(method: str) 
     trial = _loop(method, {**base, **mutated}, epochs=warm + 1)
     trial.load(state)
     opts = trial.method.optimizers
-    groups = [g for name in opts for g in opts[name].optimizer.param_groups if name != "pre" or method != "cdc"]
+    groups = [
+        g for name in opts for g in opts[name].optimizer.param_groups if name != "pre" or method != "cdc"
+    ]
     for key, value in mutated.items():
         param = key.removeprefix("finetune_")
         assert groups and all(g[param] == pytest.approx(value) for g in groups), (key, groups[0][param])
@@ -143,4 +163,6 @@ def test_method_files_are_small_and_never_restore_an_optimiser() -> None:
     for name in ("idfd", "dccs", "cdc", "ics"):
         text = (ROOT / "tuneclust" / "methods" / f"{name}.py").read_text()
         assert len(text.splitlines()) <= 250, name
-        assert not re.search(r"load_state_dict|optim\.\w+\(", text), f"{name} builds or restores an optimiser itself"
+        assert not re.search(r"load_state_dict|optim\.\w+\(", text), (
+            f"{name} builds or restores an optimiser itself"
+        )

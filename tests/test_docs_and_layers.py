@@ -11,7 +11,7 @@ from conftest import ROOT
 from pydantic import BaseModel
 
 from tuneclust import spec as spec_mod
-from tuneclust.cli import _parser
+from tuneclust.cli import _parser, main
 from tuneclust.methods import METHODS, get_method
 
 README = (ROOT / "README.md").read_text()
@@ -37,9 +37,16 @@ def test_readme_documents_every_spec_key():
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_readme_documents_every_method_key(method):
+def test_readme_documents_every_method_key(method, capsys):
     missing = [k for k in get_method(method).Config.model_fields if f"`{k}`" not in README]
     assert not missing, f"README lacks {method} keys {missing}: run python -m tuneclust list --keys"
+    assert main(["list", "--keys", method]) == 0
+    table = capsys.readouterr().out.strip()
+    assert table in README, f"README's {method} key table is stale: paste python -m tuneclust list --keys"
+    rows = [ln for ln in table.splitlines() if ln.startswith("| `")]
+    assert len(rows) == len(get_method(method).Config.model_fields)
+    empty = [ln.split("|")[1].strip() for ln in rows if not ln.rstrip(" |").split("|")[-1].strip()]
+    assert not empty, f"{method} keys without a meaning (add an attribute docstring with its source): {empty}"
 
 
 def test_readme_documents_every_cli_flag():

@@ -123,7 +123,6 @@ num_samples: 2
     [
         "{type: hyperband, reduction_factor: 2}",
         "{type: median, grace_period: 1, min_samples_required: 1}",
-        "{type: pbt, perturbation_interval: 1}",
     ],
 )
 def test_each_scheduler_runs(ray_session, tmp_path, mlflow_uri, scheduler):
@@ -138,6 +137,41 @@ scheduler: {scheduler}
     run_sweep(spec, verbose=0)
     trials = pd.read_parquet(tmp_path / "runs" / "sch" / "trials.parquet")
     assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
+
+
+def test_pbt_mutations_take_effect_and_are_recorded_per_epoch(ray_session, tmp_path, mlflow_uri):
+    """PBT mutating lr and a loss weight (alpha): every trial finishes, each epoch trained at the config in
+    force (reported lr == that epoch's config.lr; loss == L_I + config.alpha * L_F), every epoch recorded once."""
+    body = """
+search:
+  lr: {loguniform: [0.001, 0.3]}
+  alpha: {uniform: [0.1, 3.0]}
+searcher: random
+num_samples: 4
+scheduler: {type: pbt, perturbation_interval: 2, quantile_fraction: 0.5, resample_probability: 0.5}
+"""
+    spec = load_spec(make_spec(tmp_path, mlflow_uri, body, name="pbt", epochs=8))
+    run_sweep(spec, verbose=0)
+    out = tmp_path / "runs" / "pbt"
+    trials = pd.read_parquet(out / "trials.parquet")
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all(), trials[["status", "error"]]
+    for _, rows in epochs.groupby("trial_id"):
+        assert sorted(rows["epoch"]) == list(range(1, 9)), "every epoch recorded exactly once"
+    assert epochs["lr"].to_numpy() == pytest.approx(epochs["config.lr"].to_numpy(), rel=1e-9)
+    expected = epochs["loss_instance"] + epochs["config.alpha"] * epochs["loss_decorrelation"]
+    assert epochs["loss"].to_numpy() == pytest.approx(expected.to_numpy(), rel=1e-4)
+    mutated = epochs.groupby("trial_id")["config.lr"].nunique()
+    assert (mutated > 1).any(), "PBT exploited at least once (a trial changed its lr mid-run)"
+    changed = trials[trials["trial_id"].isin(mutated[mutated > 1].index)]
+    assert "initial.config.lr" in trials and changed["initial.config.lr"].notna().all()
+    assert (changed["initial.config.lr"] != changed["config.lr"]).all(), (
+        "trials.parquet: final and initial config"
+    )
+    runs, client = child_runs(mlflow_uri, "pbt")
+    run = next(r for r in runs if r.data.tags["tuneclust.trial_id"] == changed["trial_id"].iloc[0])
+    history = client.get_metric_history(run.info.run_id, "config.lr")
+    assert len({m.value for m in history}) > 1, "MLflow holds the lr in force at every evaluation"
 
 
 def test_train_runs_one_trial_without_ray(tmp_path, capsys, mlflow_uri):

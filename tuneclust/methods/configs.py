@@ -225,28 +225,46 @@ ARCH_DEFAULTS: dict[str, dict[str, float]] = {
 class ICSConfig(MethodConfig):
     """ICS hyperparameters. ``None`` = the architecture's paper value (ARCH_DEFAULTS), filled in at validation."""
 
-    arch: Literal["shallow", "deep"] = (
-        "shallow"  # Sec. 4.3: shallow for MNIST/USPS, deep for CIFAR/FRGC/ImageNet
-    )
-    latent_dim: int | None = Field(default=None, ge=1)  # Sec. 4.3 "feature dimensions ... 64 and 10"
-    alpha: float = Field(default=1.0, ge=0)  # Sec. 4.4: fixed at 1
-    beta: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.8 shallow, 0.7 deep
-    gamma: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.01 both
-    omega: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.1 shallow, 0.3 deep
-    margin: float | None = Field(default=None, ge=0)  # Sec. 4.4: 0.24 shallow, 0.3 deep
-    lr: float = Field(default=1e-3, gt=0)  # Sec. 4.3: Adam, learning rate 0.001
-    batch_size: int = Field(default=256, ge=2)  # paper silent; DEC's 256
-    pretrain_epochs: int = Field(default=3, ge=0)  # Sec. 3.3: three epochs of L_r before negative selection
-    target_update_every: int = Field(default=0, ge=0)  # paper silent; 0 = refresh P and bank every epoch
-    n_aug_neg: int = Field(default=10, ge=1)  # Algorithm 1: 10 augmentations per anchor
-    neg_tries: int = Field(default=50, ge=1)  # paper's loop is unbounded; our bound
-    reduction: Literal["mean", "sum"] = "mean"  # L_b, L_t over the batch; Eq. 5/6 print "sum", we average
-    aug_rotation: float = Field(default=15.0, ge=0, le=180)  # degrees; Sec. 3.3 names rotation, no range
-    aug_scale: float = Field(default=0.1, ge=0, lt=1)  # zoom in [1-s, 1+s]; Sec. 3.3 "scale"
-    aug_erasing: float = Field(default=0.5, ge=0, le=1)  # probability; Sec. 3.3 "erasing"
-    aug_flip: float = Field(default=0.5, ge=0, le=1)  # probability; Sec. 3.3 "flip"
-    aug_brightness: float = Field(default=0.2, ge=0)  # Algorithm 1 "brightness"
-    aug_contrast: float = Field(default=0.2, ge=0)  # Algorithm 1 "contrast"
+    arch: Literal["shallow", "deep"] = "shallow"
+    """Autoencoder depth: shallow (3 conv) for MNIST/USPS, deep (+2 conv) for CIFAR/FRGC/ImageNet (Sec. 4.3)."""
+    latent_dim: int | None = Field(default=None, ge=1)
+    """Code size d; None: 64 shallow, 10 deep (Sec. 4.3 "feature dimensions ... 64 and 10")."""
+    alpha: float = Field(default=1.0, ge=0)
+    """Weight of L_r, the reconstruction term (Sec. 4.4: fixed at 1)."""
+    beta: float | None = Field(default=None, ge=0)
+    """Weight of L_c, DEC's KL(P||Q); None: 0.8 shallow, 0.7 deep (Sec. 4.4)."""
+    gamma: float | None = Field(default=None, ge=0)
+    """Weight of L_b, the balance term; None: 0.01 (Sec. 4.4)."""
+    omega: float | None = Field(default=None, ge=0)
+    """Weight of L_t, the triplet term; None: 0.1 shallow, 0.3 deep (Sec. 4.4)."""
+    margin: float | None = Field(default=None, ge=0)
+    """Triplet margin; None: 0.24 shallow, 0.3 deep (Sec. 4.4)."""
+    lr: float = Field(default=1e-3, gt=0)
+    """Adam learning rate (Sec. 4.3: 0.001)."""
+    batch_size: int = Field(default=256, ge=2)
+    """Batch size (paper silent; DEC's 256)."""
+    pretrain_epochs: int = Field(default=3, ge=0)
+    """Epochs of L_r alone before the centres and negative selection start (Sec. 3.3: three)."""
+    target_update_every: int = Field(default=0, ge=0)
+    """Iterations between refreshes of P and the code bank; 0: once per epoch (paper silent)."""
+    n_aug_neg: int = Field(default=10, ge=1)
+    """Augmentations per anchor for negative selection and the positive (Algorithm 1: 10)."""
+    neg_tries: int = Field(default=50, ge=1)
+    """Random draws per anchor when looking for a negative (the paper's loop is unbounded; our bound)."""
+    reduction: Literal["mean", "sum"] = "mean"
+    """L_b and L_t over the batch: per-sample mean, or the sum printed in Eq. 5/6 (docs/methods.md)."""
+    aug_rotation: float = Field(default=15.0, ge=0, le=180)
+    """Positive: random rotation up to this many degrees (Sec. 3.3 names rotation, no range)."""
+    aug_scale: float = Field(default=0.1, ge=0, lt=1)
+    """Positive: random zoom in [1 - s, 1 + s] (Sec. 3.3 "scale")."""
+    aug_erasing: float = Field(default=0.5, ge=0, le=1)
+    """Positive: probability of random erasing (Sec. 3.3 "erasing")."""
+    aug_flip: float = Field(default=0.5, ge=0, le=1)
+    """Positive: probability of a horizontal flip (Sec. 3.3 "flip")."""
+    aug_brightness: float = Field(default=0.2, ge=0)
+    """Positive: brightness jitter strength (Algorithm 1 "brightness")."""
+    aug_contrast: float = Field(default=0.2, ge=0)
+    """Positive: contrast jitter strength (Algorithm 1 "contrast")."""
 
     @model_validator(mode="after")
     def _arch_defaults(self) -> ICSConfig:
