@@ -316,7 +316,7 @@ class ReferenceTrainer:
         x = x.to(self.device, non_blocking=True)
         idx = idx.to(self.device, non_blocking=True)
         f = F.normalize(self.net(x), dim=1)
-        out = idfd_loss(f, self.bank, idx, tau=c.tau, tau2=c.tau2, alpha=c.alpha, variant=c.variant)
+        out = idfd_loss(f, self.bank, idx, tau=c.tau, tau2=c.tau2, weights=c.weights())
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         self.optimizer.step()

@@ -59,6 +59,18 @@ def select_device(gpu_share: float, gpu_ids: list[Any] | None = None) -> torch.d
     return device
 
 
+def _runtime(runtime: dict[str, Any], device: torch.device) -> Any:
+    """The trial's runtime (precision, memory format, compilation) from the spec's ``runtime`` section; None
+    (fp32 eager, :class:`tuneclust.methods.base.Exact`) when the spec has none."""
+    if not runtime:
+        return None
+    from tuneclust.runtime import RuntimeConfig, resolve
+
+    resolved = resolve(RuntimeConfig.model_validate(runtime), device)
+    resolved.apply_global()
+    return resolved
+
+
 class TrialLoop:
     """Train and evaluate one trial. Iterate :meth:`run` to get the metrics of each evaluation.
 
@@ -84,7 +96,7 @@ class TrialLoop:
         data = dataset if dataset is not None else load_dataset(DataConfig.model_validate(plan.data))
         self.labels = data.y
         self.num_classes = data.num_classes
-        self.method = cls(cfg, data.to(device), device, plan.epochs)
+        self.method = cls(cfg, data.to(device), device, plan.epochs, runtime=_runtime(plan.runtime, device))
         self.method.label = label or f"seed {cfg.seed}"
 
     def state(self) -> dict[str, Any]:

@@ -103,8 +103,26 @@ class _Optimizer:
     """(config, epoch) -> learning rate of that epoch; None: ``hparams(cfg)["lr"]`` throughout."""
 
 
-class _Exact:
-    """The fp32 eager runtime: no autocast, a pass-through grad scaler (replaced by the trial's runtime)."""
+class _NoScaler:
+    """The GradScaler API without scaling (fp32 and bf16 need none)."""
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    def update(self) -> None:
+        pass
+
+
+class Exact:
+    """The default runtime: fp32, eager, no scaling. ``tuneclust.runtime.resolve`` gives the configured one
+    (precision, channels_last, compile) with the same members."""
+
+    scaler = _NoScaler()
+    static_shapes = False
+    """True when the train step is captured (CUDA graphs): every batch then has the same size."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -112,11 +130,8 @@ class _Exact:
     def prepare_module(self, net: torch.nn.Module) -> torch.nn.Module:
         return net
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
+    def compile(self, net: torch.nn.Module) -> torch.nn.Module:
+        return net
 
 
 OptimizerKind = Literal["sgd", "adam"]
@@ -149,7 +164,7 @@ class Method(ABC):
         self.data = data
         self.device = device
         self.epochs = epochs
-        self.runtime = runtime or _Exact()
+        self.runtime = runtime or Exact()
         self.label = ""
         """Names the trial in error messages (set by the trial loop)."""
         self.epoch = 0
@@ -195,17 +210,22 @@ class Method(ABC):
         n = len(self.data)
         b = min(int(getattr(self.cfg, "batch_size", n)), n)
         parts = list(self.permutation(n).split(b))
-        if len(parts) > 1 and (parts[-1].numel() < 2 or (self.drop_last and parts[-1].numel() < b)):
+        drop = self.drop_last or self.runtime.static_shapes
+        if len(parts) > 1 and (parts[-1].numel() < 2 or (drop and parts[-1].numel() < b)):
             parts.pop()
         cap = getattr(self.cfg, "max_steps_per_epoch", None)
         return parts[:cap] if cap else parts
 
     # registration ----------------------------------------------------------------------------------
     def add_net(self, name: str, net: torch.nn.Module) -> torch.nn.Module:
-        """Register a network: moved to the device, prepared by the runtime, saved in checkpoints."""
+        """Register a network: moved to the device, prepared by the runtime (memory format), saved in checkpoints.
+
+        Returns the module to call: the runtime's compiled version where compilation is on (its ``forward`` is
+        compiled; other methods and ``state_dict`` are the original module's).
+        """
         net = self.runtime.prepare_module(net.to(self.device))
         self.nets[name] = net
-        return net
+        return self.runtime.compile(net)
 
     def add_optimizer(
         self,
@@ -271,8 +291,10 @@ class Method(ABC):
         opt = self.optimizers[optimizer].optimizer
         opt.zero_grad(set_to_none=True)
         if loss.requires_grad:
-            self.runtime.backward(loss)
-            self.runtime.step(opt)
+            scaler = self.runtime.scaler
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
     def check_finite(self, values: dict[str, Any], quantity: str, epoch: int | None = None) -> None:
         """Raise :class:`NonFiniteError` naming the quantity, the epoch and the trial if a value is NaN/inf.
