@@ -118,6 +118,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except SpecError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
+        except (
+            ValueError,
+            TypeError,
+            OverflowError,
+            RecursionError,
+        ) as e:  # a gap in validation: still one line
+            print(
+                f"error: {path}: unexpected {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                file=sys.stderr,
+            )
+            failed += 1
     return EXIT_BAD_INPUT if failed else 0
 
 

@@ -7,23 +7,37 @@ nothing in a spec is evaluated as code. ``--set dotted.key=value`` overrides go 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneclust import metrics
 from tuneclust.data.registry import DATASETS, DataConfig, check_data
 from tuneclust.plan import merge
 from tuneclust.space import SearchSpace
+from tuneclust.yamlsafe import YamlError, first_non_finite, short
+from tuneclust.yamlsafe import decode as decode_spec
+from tuneclust.yamlsafe import load as load_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SEARCHERS = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
+TIME_ATTRS = ("epoch", "step", "training_iteration")
+MAX_NAME = 100
+"""Longest sweep name: it names a folder (and MLflow runs)."""
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_INT = 2**53
+"""Largest magnitude of an integer config value (beyond it floats lose integers; no hyperparameter needs it)."""
+MAX_IMAGE_SIZE = 1024
+MAX_SPEC_BYTES = 1 << 20
+URI_SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql", "uc", "databricks-uc")
+"""Tracking-URI schemes MLflow 3 accepts as a tracking store (``file:`` stores are refused by MLflow 3.x)."""
 
 
 class SpecError(ValueError):
@@ -35,7 +49,7 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SearchDim(_Strict):
@@ -66,6 +80,8 @@ class SearchDim(_Strict):
                 raise ValueError(f"loguniform needs a positive low bound, got {lo}")
             if kind == "quniform" and value[2] <= 0:
                 raise ValueError(f"quniform needs a positive step q, got {value[2]}")
+            if kind == "quniform" and (hi - lo) / value[2] > 1e9:
+                raise ValueError("quniform has more than 1e9 steps between low and high: use uniform")
         return self
 
     @property
@@ -101,22 +117,22 @@ class SearchDim(_Strict):
 
 
 class Budget(_Strict):
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)
     """Number of training epochs (calls of the method's ``train_epoch``)."""
-    eval_every: int = Field(default=1, ge=1)
+    eval_every: int = Field(default=1, ge=1, le=MAX_EPOCHS)
     """Evaluate (and report, and checkpoint) every this many epochs; the last epoch is always evaluated."""
 
 
 class SearcherSpec(_Strict):
     type: Literal["grid", "random", "optuna"] = "grid"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)
     """Seeds the random searcher and Optuna's TPE sampler."""
-    n_startup_trials: int = Field(default=10, ge=1)
+    n_startup_trials: int = Field(default=10, ge=1, le=100_000)
     """Optuna: random trials per grid cell before TPE takes over."""
 
 
 class _Sched(_Strict):
-    time_attr: str = "epoch"
+    time_attr: Literal["epoch", "step", "training_iteration"] = "epoch"
     """The axis schedulers compare trials on: ``epoch`` (default), ``step`` (optimisation steps) or
     ``training_iteration`` (number of reports)."""
 
@@ -165,17 +181,25 @@ class Objective(_Strict):
 
 
 class Resources(_Strict):
-    cpu: float = Field(default=1, gt=0)
-    gpu: float = Field(default=0, ge=0)
+    cpu: float = Field(default=1, gt=0, le=1024)
+    """CPUs per trial; the sweep checks before start that one node has this many."""
+    gpu: float = Field(default=0, ge=0, le=64)
     """Fractions share a GPU (0.25 = four trials per GPU); the trial caps its memory share accordingly."""
 
 
 class MlflowSpec(_Strict):
     enabled: bool = True
-    experiment: str | None = None
+    experiment: str | None = Field(default=None, min_length=1, max_length=250)
     """Default: the spec's name."""
-    uri: str | None = None
+    uri: str | None = Field(default=None, max_length=4096)
     """Default: $MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db`` in the working directory."""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_scheme(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_tracking_uri(v)
+        return v
 
 
 class Tracking(_Strict):
@@ -185,24 +209,26 @@ class Tracking(_Strict):
 class Spec(_Strict):
     """A study: see the README's "Spec reference" for every key."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    method: str
-    description: str | None = None
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
+    method: str = Field(max_length=100)
+    description: str | None = Field(default=None, max_length=20_000)
     data: DataConfig = DataConfig()
     budget: Budget
     config: dict[str, Any] = {}
     search: dict[str, SearchDim] = {}
     ablation: dict[str, dict[str, Any]] = {}
     searcher: SearcherSpec = SearcherSpec()
-    num_samples: int = Field(default=1, ge=1)
+    num_samples: int = Field(default=1, ge=1, le=1_000_000)
+    max_trials: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Refuse a sweep of more trials than this (a typo in num_samples or a grid); raise it on purpose."""
     scheduler: SchedulerSpec = Fifo()
     objective: Objective = Objective()
     resources: Resources = Resources()
-    max_concurrent: int | None = Field(default=None, ge=1)
-    max_failures: int = Field(default=0, ge=0)
+    max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
+    max_failures: int = Field(default=0, ge=0, le=1000)
     """Retries of a crashed trial (from its last checkpoint) before it is recorded as errored."""
     tracking: Tracking = Tracking()
-    storage: str = "./runs"
+    storage: str = Field(default="./runs", min_length=1, max_length=4096)
     """Results go to ``<storage>/<name>/``."""
 
     @field_validator("searcher", mode="before")
@@ -219,8 +245,10 @@ class Spec(_Strict):
     @classmethod
     def _arm_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for arm in v:
-            if not re.match(NAME_PATTERN, str(arm)):
-                raise ValueError(f"arm name {arm!r} must match {NAME_PATTERN}")
+            if not re.match(NAME_PATTERN, str(arm)) or len(arm) > MAX_NAME:
+                raise ValueError(
+                    f"arm name {short(arm)} must match {NAME_PATTERN} (at most {MAX_NAME} characters)"
+                )
         return v
 
     # derived views ----------------------------------------------------------------------------------
@@ -247,20 +275,36 @@ class Spec(_Strict):
 
 
 # loading -----------------------------------------------------------------------------------------------
+def check_tracking_uri(uri: str) -> None:
+    """Raise ValueError unless ``uri`` has a tracking-store scheme MLflow accepts (``file:`` is refused)."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    base = scheme.split("+", 1)[0]  # postgresql+psycopg2://...
+    if base == "file" or (not scheme and uri):
+        raise ValueError(
+            "MLflow 3 refuses file stores: use sqlite:///PATH/mlflow.db, http(s)://HOST:PORT or a database URI"
+        )
+    if base not in URI_SCHEMES:
+        raise ValueError(f"unknown scheme {short(scheme, 30)}; expected one of {', '.join(URI_SCHEMES)}")
+    if base == "sqlite" and not uri.startswith("sqlite:///"):
+        raise ValueError("expected sqlite:///PATH (three slashes, then the database file)")
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    """Read, override and validate a spec file. Raises :class:`SpecError` naming file and field."""
-    source = str(path)
+    """Read, override and validate a spec file. Raises :class:`SpecError` naming file and field.
+
+    The file is read as bytes and parsed by :mod:`tuneclust.yamlsafe` (UTF-8, bounded size and depth, no
+    duplicate keys, plain scalars only) before any Python object is built from it.
+    """
+    source = short(str(path), 120).strip("'")
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as e:
-        raise SpecError(source, "", f"cannot read the file ({e.strerror or e})") from None
+        raise SpecError(source, "", f"cannot read the file ({e.strerror or type(e).__name__})") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(source, "", f"malformed YAML: {where}{problem}") from None
+        raw = load_yaml(decode_spec(data))
+    except YamlError as e:
+        raise SpecError(source, "", str(e)) from None
     if not isinstance(raw, dict):
         raise SpecError(
             source, "", f"expected a mapping of spec keys at the top level, got {type(raw).__name__}"
@@ -271,31 +315,42 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
 
 
 def apply_override(raw: dict[str, Any], item: str, source: str) -> None:
-    """Apply one ``dotted.key=value`` (value parsed as YAML) to the raw spec dict in place."""
+    """Apply one ``dotted.key=value`` (value parsed as strict YAML) to the raw spec dict in place."""
     if "=" not in item:
-        raise SpecError(source, f"--set {item}", "expected dotted.key=value")
+        raise SpecError(source, f"--set {short(item, 60)}", "expected dotted.key=value")
     key, text = item.split("=", 1)
+    label = f"--set {short(key, 60)}"
     try:
-        value = yaml.safe_load(text) if text != "" else None
-    except yaml.YAMLError:
-        raise SpecError(source, f"--set {key}", f"cannot parse value {text!r} as YAML") from None
+        value = load_yaml(text) if text != "" else None
+    except YamlError as e:
+        raise SpecError(source, label, f"cannot parse value {short(text)} as YAML ({e})") from None
     parts = key.strip().split(".")
+    if any(not p for p in parts) or len(parts) > 8:
+        raise SpecError(source, label, "expected a dotted key such as budget.epochs")
     node = raw
     # "search.data.name" and "config.x" style paths: the search keys may themselves contain a dot
     if parts[0] == "search" and len(parts) > 2 and parts[1] == "data":
         parts = [parts[0], f"data.{parts[2]}", *parts[3:]]
     for p in parts[:-1]:
         if not isinstance(node.get(p, {}), dict):
-            raise SpecError(source, f"--set {key}", f"{p!r} is not a mapping")
+            raise SpecError(source, label, f"{short(p)} is not a mapping")
         node = node.setdefault(p, {})
     node[parts[-1]] = value
 
 
 def validate_spec(raw: dict[str, Any], source: str = "<spec>") -> Spec:
+    """Validate a raw spec strictly: no NaN/inf anywhere, no str->number or bool->number coercion."""
+    bad = first_non_finite(raw)
+    if bad:
+        raise SpecError(source, short(bad, 80).strip("'"), "must be a finite number (got NaN or infinity)")
     try:
-        spec = Spec.model_validate(raw)
+        # JSON-mode strict validation: lists are accepted for tuples (search ranges), ints for floats,
+        # but never a string or a bool for a number
+        spec = Spec.model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as e:
         raise SpecError(source, *_first_error(e)) from None
+    except (TypeError, ValueError) as e:  # json.dumps of something a plain YAML document cannot hold
+        raise SpecError(source, "", f"not a plain spec document ({short(str(e), 80)})") from None
     _check_semantics(spec, source)
     return spec
 
@@ -308,16 +363,27 @@ def _first_error(e: ValidationError) -> tuple[str, str]:
         for p in err["loc"]
         if not (isinstance(p, str) and p in ("fifo", "asha", "hyperband", "median", "pbt"))
     ]
-    field = ".".join(loc)
-    msg = err["msg"].removeprefix("Value error, ")
+    field = short(".".join(loc), 100).strip("'")
+    msg = " ".join(err["msg"].removeprefix("Value error, ").split())[:200]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required key is missing"
     elif "input" in err and err["type"] not in ("union_tag_invalid",) and not isinstance(err["input"], dict):
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {short(err['input'])})"
     more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
     return field, msg + more
+
+
+def _check_numbers(cfg: dict[str, Any], field: str, source: str) -> None:
+    """Upper bounds on method config values that the method's own types leave open."""
+    for key, v in cfg.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if isinstance(v, int) and abs(v) > MAX_INT:
+            raise SpecError(source, f"{field}.{key}", f"integer too large (|value| <= 2**53), got {short(v)}")
+        if key == "batch_size" and v > MAX_BATCH:
+            raise SpecError(source, f"{field}.{key}", f"must be <= {MAX_BATCH}, got {short(v)}")
 
 
 def _check_semantics(spec: Spec, source: str) -> None:
@@ -326,19 +392,24 @@ def _check_semantics(spec: Spec, source: str) -> None:
 
     if spec.method not in METHODS:
         raise SpecError(
-            source, "method", f"unknown method {spec.method!r}; expected one of {sorted(METHODS)}"
+            source, "method", f"unknown method {short(spec.method)}; expected one of {sorted(METHODS)}"
         )
     if spec.data.name not in DATASETS:
         raise SpecError(
-            source, "data.name", f"unknown dataset {spec.data.name!r}; expected one of {sorted(DATASETS)}"
+            source,
+            "data.name",
+            f"unknown dataset {short(spec.data.name)}; expected one of {sorted(DATASETS)}",
         )
+    if (spec.data.image_size or 0) > MAX_IMAGE_SIZE:
+        raise SpecError(source, "data.image_size", f"must be <= {MAX_IMAGE_SIZE}, got {spec.data.image_size}")
     method = get_method(spec.method)
     fields = method.Config.model_fields
     data_fields = DataConfig.model_fields
 
     def check_cfg(cfg: dict[str, Any], field: str) -> None:
+        _check_numbers(cfg, field, source)
         try:
-            method.Config.model_validate(cfg)
+            method.Config.model_validate(cfg, strict=True)
         except ValidationError as e:
             sub, msg = _first_error(e)
             raise SpecError(source, f"{field}.{sub}" if sub else field, msg) from None
@@ -346,25 +417,29 @@ def _check_semantics(spec: Spec, source: str) -> None:
     for key in spec.config:
         if key not in fields:
             raise SpecError(
-                source, f"config.{key}", f"unknown {spec.method} config key; expected one of {sorted(fields)}"
+                source,
+                f"config.{short(key, 60)}",
+                f"unknown {spec.method} config key; expected one of {sorted(fields)}",
             )
     check_cfg(merge(spec.config, {}, {}, {})[0], "config")
     for arm, over in spec.ablation.items():
         for key in over:
             if key not in fields:
-                raise SpecError(source, f"ablation.{arm}.{key}", f"unknown {spec.method} config key")
+                raise SpecError(
+                    source, f"ablation.{arm}.{short(key, 60)}", f"unknown {spec.method} config key"
+                )
             if key in spec.search:
                 raise SpecError(
                     source, f"ablation.{arm}.{key}", "also a search key: an arm must not fix a searched key"
                 )
         check_cfg(merge(spec.config, over, {}, {})[0], f"ablation.{arm}")
     for key, dim in spec.search.items():
-        field = f"search.{key}"
+        field = f"search.{short(key, 60)}"
         if key.startswith("data."):
             sub = key[5:]
             if sub not in data_fields:
                 raise SpecError(
-                    source, field, f"unknown data field {sub!r}; expected one of {sorted(data_fields)}"
+                    source, field, f"unknown data field {short(sub)}; expected one of {sorted(data_fields)}"
                 )
             for v in dim.probes():
                 try:
@@ -375,7 +450,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
                     raise SpecError(
                         source,
                         f"{field}.{dim.kind}",
-                        f"unknown dataset {v!r}; expected one of {sorted(DATASETS)}",
+                        f"unknown dataset {short(v)}; expected one of {sorted(DATASETS)}",
                     )
             continue
         if key not in fields:
@@ -384,7 +459,8 @@ def _check_semantics(spec: Spec, source: str) -> None:
             )
         for v in dim.probes():
             try:
-                method.Config.model_validate(merge(spec.config, {}, {}, {key: v})[0])
+                _check_numbers({key: v}, f"{field}.{dim.kind}", source)
+                method.Config.model_validate(merge(spec.config, {}, {}, {key: v})[0], strict=True)
             except ValidationError as e:
                 raise SpecError(source, f"{field}.{dim.kind}", _first_error(e)[1]) from None
     if spec.searcher.type == "grid" and spec.space.sampled_dims():
@@ -392,12 +468,20 @@ def _check_semantics(spec: Spec, source: str) -> None:
         raise SpecError(
             source, f"search.{bad}", "searcher grid needs grid/choice values; use searcher random or optuna"
         )
+    trials = spec.num_trials()
+    if trials > spec.max_trials:
+        raise SpecError(
+            source,
+            "num_samples",
+            f"the sweep would run {trials} trials, more than max_trials ({spec.max_trials}); "
+            "lower num_samples or the grid, or raise max_trials on purpose",
+        )
     known = set(metrics.LABELLED + metrics.LABEL_FREE + method.extra_metrics) | {"loss"}
     if spec.objective.metric not in known:
         raise SpecError(
             source,
             "objective.metric",
-            f"unknown metric {spec.objective.metric!r}; expected one of {sorted(known)}",
+            f"unknown metric {short(spec.objective.metric)}; expected one of {sorted(known)}",
         )
     sched = spec.scheduler
     if getattr(sched, "max_t", None) and sched.max_t > spec.budget.epochs and sched.time_attr == "epoch":
@@ -409,7 +493,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
             raise SpecError(source, "scheduler.type", "pbt explores by itself: use searcher grid or random")
         for key in sched.hyperparam_mutations or []:
             if key not in spec.search:
-                raise SpecError(source, "scheduler.hyperparam_mutations", f"{key!r} is not a search key")
+                raise SpecError(source, "scheduler.hyperparam_mutations", f"{short(key)} is not a search key")
         if not (sched.hyperparam_mutations or spec.space.sampled_dims()):
             raise SpecError(
                 source,

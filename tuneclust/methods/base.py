@@ -55,7 +55,9 @@ EVAL_CHUNK_ELEMENTS = 2**22
 class MethodConfig(BaseModel):
     """Keys shared by every method. Subclasses add their own, each default with its source."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
     seed: int = 0
     """Seeds torch, numpy, python, data order and augmentation of the trial. May be a grid dimension."""
