@@ -121,8 +121,77 @@ def test_bad_input_through_the_real_cli_has_no_traceback(tmp_path):
 
 def test_yaml_is_loaded_safely(tmp_path):
     p = spec_file(tmp_path, **{"name: t": "name: !!python/object/apply:os.system ['echo pwned']"})
-    with pytest.raises(SpecError, match="malformed YAML"):
+    with pytest.raises(SpecError, match="line 2: tag .* is not allowed"):
         load_spec(p)
+
+
+WRONG = [
+    # issue 13: accepted although wrong; each must be one line naming the field
+    ({"name: t": "name: t\nname: u"}, "duplicate key 'name'"),
+    ({"epochs: 4": "epochs: '15'"}, "budget.epochs"),
+    ({"epochs: 4": "epochs: true"}, "budget.epochs"),
+    ({"name: t": "name: !!binary dA=="}, "tag"),
+    ({"name: t": "name: t\nnum_samples: 1000000000000000"}, "num_samples"),
+    ({"name: t": "name: t\nnum_samples: 5000"}, "max_trials"),
+    ({"epochs: 4": "epochs: 1000000000000000000000000000000"}, "budget.epochs"),
+    ({"alpha: 1.0": "alpha: 1.0, batch_size: 9223372036854775808"}, "config.batch_size"),
+    ({"alpha: 1.0": "alpha: .inf"}, "config.alpha: must be a finite number"),
+    ({"alpha: 1.0": "alpha: .nan"}, "config.alpha: must be a finite number"),
+    ({"name: t": "name: t\nresources: {gpu: .inf}"}, "resources.gpu"),
+    ({"name: t": "name: t\nresources: {cpu: 100000}"}, "resources.cpu"),
+    ({"[0.5, 1.0, 2.0]": "[0.5, .nan]"}, "search.tau.grid.1"),
+    ({"tau: {grid: [0.5, 1.0, 2.0]}": "tau: {quniform: [0, .inf, 1]}"}, "search.tau.quniform.1"),
+    ({"grace_period: 2": "grace_period: 2, time_attr: bogus"}, "scheduler.time_attr"),
+    ({"name: t": "name: t\ntracking: {mlflow: {uri: 'bogus://x'}}"}, "unknown scheme"),
+    ({"name: t": "name: t\ntracking: {mlflow: {uri: 'file:///tmp/m'}}"}, "refuses file stores"),
+    ({"name: t": "name: " + "t" * 5000}, "name"),
+    ({"name: t": "name: t\nx: " + "[" * 2000}, "nested deeper than 32"),
+]
+
+
+@pytest.mark.parametrize("replace,expected", WRONG, ids=[e for _, e in WRONG])
+def test_plainly_wrong_specs_are_rejected(tmp_path, capsys, replace, expected):
+    p = spec_file(tmp_path, **replace)
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and len(err[0]) <= 300 and expected in err[0], err
+
+
+def test_encoding_errors_name_the_byte(tmp_path, capsys):
+    p = spec_file(tmp_path)
+    data = p.read_bytes()
+    p.write_bytes(b"\xef\xbb\xbf" + data)  # a BOM is fine
+    assert main(["validate", str(p)]) == 0
+    p.write_bytes(data.replace(b"method", b"meth\xffod"))
+    assert main(["validate", str(p)]) == 2
+    assert "byte 0xff at offset" in capsys.readouterr().err
+    p.write_bytes(data.decode().encode("utf-16"))
+    assert main(["validate", str(p)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_alias_bomb_is_cheap_and_short(tmp_path, capsys):
+    lines = ["a0: [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 9)]
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "\n".join(lines[1:]) + "\nname: t\n"
+    p = tmp_path / "bomb.yaml"
+    p.write_text(bomb)
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "expands to more than" in err[0] and len(err[0]) <= 300, err
+
+
+def test_set_values_are_strict_too(tmp_path, capsys):
+    p = spec_file(tmp_path)
+    for item, expected in [
+        ("config.alpha=.inf", "finite"),
+        ("budget.epochs='3'", "budget.epochs"),
+        ("resources.gpu=.nan", "finite"),
+        ("config.alpha=[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", "nested"),
+    ]:
+        assert main(["validate", str(p), "--set", item]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (item, err)
 
 
 def test_smoke_spec_shrinks_everything_but_arms(tmp_path):

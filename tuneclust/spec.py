@@ -19,7 +19,7 @@ from tuneclust import metrics
 from tuneclust.data.registry import DATASETS, DataConfig, check_data
 from tuneclust.plan import merge
 from tuneclust.space import SearchSpace
-from tuneclust.yamlsafe import YamlError, first_non_finite, short
+from tuneclust.yamlsafe import YamlError, clip, first_non_finite, short
 from tuneclust.yamlsafe import decode as decode_spec
 from tuneclust.yamlsafe import load as load_yaml
 
@@ -295,7 +295,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     The file is read as bytes and parsed by :mod:`tuneclust.yamlsafe` (UTF-8, bounded size and depth, no
     duplicate keys, plain scalars only) before any Python object is built from it.
     """
-    source = short(str(path), 120).strip("'")
+    source = clip(str(path), 120)
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_SPEC_BYTES + 1)
@@ -317,9 +317,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
 def apply_override(raw: dict[str, Any], item: str, source: str) -> None:
     """Apply one ``dotted.key=value`` (value parsed as strict YAML) to the raw spec dict in place."""
     if "=" not in item:
-        raise SpecError(source, f"--set {short(item, 60)}", "expected dotted.key=value")
+        raise SpecError(source, f"--set {clip(item, 60)}", "expected dotted.key=value")
     key, text = item.split("=", 1)
-    label = f"--set {short(key, 60)}"
+    label = f"--set {clip(key, 60)}"
     try:
         value = load_yaml(text) if text != "" else None
     except YamlError as e:
@@ -342,7 +342,7 @@ def validate_spec(raw: dict[str, Any], source: str = "<spec>") -> Spec:
     """Validate a raw spec strictly: no NaN/inf anywhere, no str->number or bool->number coercion."""
     bad = first_non_finite(raw)
     if bad:
-        raise SpecError(source, short(bad, 80).strip("'"), "must be a finite number (got NaN or infinity)")
+        raise SpecError(source, clip(bad, 80), "must be a finite number (got NaN or infinity)")
     try:
         # JSON-mode strict validation: lists are accepted for tuples (search ranges), ints for floats,
         # but never a string or a bool for a number
@@ -363,7 +363,7 @@ def _first_error(e: ValidationError) -> tuple[str, str]:
         for p in err["loc"]
         if not (isinstance(p, str) and p in ("fifo", "asha", "hyperband", "median", "pbt"))
     ]
-    field = short(".".join(loc), 100).strip("'")
+    field = clip(".".join(loc), 100)
     msg = " ".join(err["msg"].removeprefix("Value error, ").split())[:200]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -418,7 +418,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
         if key not in fields:
             raise SpecError(
                 source,
-                f"config.{short(key, 60)}",
+                f"config.{clip(key, 60)}",
                 f"unknown {spec.method} config key; expected one of {sorted(fields)}",
             )
     check_cfg(merge(spec.config, {}, {}, {})[0], "config")
@@ -426,7 +426,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
         for key in over:
             if key not in fields:
                 raise SpecError(
-                    source, f"ablation.{arm}.{short(key, 60)}", f"unknown {spec.method} config key"
+                    source, f"ablation.{arm}.{clip(key, 60)}", f"unknown {spec.method} config key"
                 )
             if key in spec.search:
                 raise SpecError(
@@ -434,7 +434,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
                 )
         check_cfg(merge(spec.config, over, {}, {})[0], f"ablation.{arm}")
     for key, dim in spec.search.items():
-        field = f"search.{short(key, 60)}"
+        field = f"search.{clip(key, 60)}"
         if key.startswith("data."):
             sub = key[5:]
             if sub not in data_fields:

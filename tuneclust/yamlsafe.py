@@ -38,6 +38,12 @@ def short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def clip(text: str, limit: int = 60) -> str:
+    """``text`` (a key, a path) cut to ``limit`` characters, unquoted, one line."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _where(node: yaml.Node | None) -> str:
     return f"line {node.start_mark.line + 1}: " if node is not None and node.start_mark else ""
 
