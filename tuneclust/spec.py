@@ -40,12 +40,27 @@ URI_SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "
 """Tracking-URI schemes MLflow 3 accepts as a tracking store (``file:`` stores are refused by MLflow 3.x)."""
 
 
+MAX_MESSAGE = 290
+"""Longest error line (``error: `` is printed before it)."""
+
+
 class SpecError(ValueError):
     """A spec is invalid. ``str(err)`` is the one line the CLI prints: ``file: field: what was expected``."""
 
     def __init__(self, source: str, field: str, message: str) -> None:
         self.source, self.field, self.message = source, field, message
-        super().__init__(f"{source}: {field}: {message}" if field else f"{source}: {message}")
+        line = " ".join((f"{source}: {field}: {message}" if field else f"{source}: {message}").split())
+        super().__init__(line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "...")
+
+
+def one_of(value: Any, options: Any) -> str:
+    """``expected one of ...`` (capped), led by the closest option when ``value`` looks like a typo of it."""
+    import difflib
+
+    names = sorted(str(o) for o in options)
+    close = difflib.get_close_matches(str(value)[:100], names, n=1)
+    listed = clip(", ".join(names), 160)
+    return f"did you mean {close[0]!r}? expected one of {listed}" if close else f"expected one of {listed}"
 
 
 class _Strict(BaseModel):
@@ -392,13 +407,13 @@ def _check_semantics(spec: Spec, source: str) -> None:
 
     if spec.method not in METHODS:
         raise SpecError(
-            source, "method", f"unknown method {short(spec.method)}; expected one of {sorted(METHODS)}"
+            source, "method", f"unknown method {short(spec.method)}; {one_of(spec.method, METHODS)}"
         )
     if spec.data.name not in DATASETS:
         raise SpecError(
             source,
             "data.name",
-            f"unknown dataset {short(spec.data.name)}; expected one of {sorted(DATASETS)}",
+            f"unknown dataset {short(spec.data.name)}; {one_of(spec.data.name, DATASETS)}",
         )
     if (spec.data.image_size or 0) > MAX_IMAGE_SIZE:
         raise SpecError(source, "data.image_size", f"must be <= {MAX_IMAGE_SIZE}, got {spec.data.image_size}")
@@ -419,7 +434,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
             raise SpecError(
                 source,
                 f"config.{clip(key, 60)}",
-                f"unknown {spec.method} config key; expected one of {sorted(fields)}",
+                f"unknown {spec.method} config key; {one_of(key, fields)}",
             )
     check_cfg(merge(spec.config, {}, {}, {})[0], "config")
     for arm, over in spec.ablation.items():
@@ -438,9 +453,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
         if key.startswith("data."):
             sub = key[5:]
             if sub not in data_fields:
-                raise SpecError(
-                    source, field, f"unknown data field {short(sub)}; expected one of {sorted(data_fields)}"
-                )
+                raise SpecError(source, field, f"unknown data field {short(sub)}; {one_of(sub, data_fields)}")
             for v in dim.probes():
                 try:
                     DataConfig.model_validate({**spec.data.model_dump(), sub: v})
@@ -450,13 +463,11 @@ def _check_semantics(spec: Spec, source: str) -> None:
                     raise SpecError(
                         source,
                         f"{field}.{dim.kind}",
-                        f"unknown dataset {short(v)}; expected one of {sorted(DATASETS)}",
+                        f"unknown dataset {short(v)}; {one_of(v, DATASETS)}",
                     )
             continue
         if key not in fields:
-            raise SpecError(
-                source, field, f"unknown {spec.method} config key; expected one of {sorted(fields)}"
-            )
+            raise SpecError(source, field, f"unknown {spec.method} config key; {one_of(key, fields)}")
         for v in dim.probes():
             try:
                 _check_numbers({key: v}, f"{field}.{dim.kind}", source)
@@ -481,7 +492,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
         raise SpecError(
             source,
             "objective.metric",
-            f"unknown metric {short(spec.objective.metric)}; expected one of {sorted(known)}",
+            f"unknown metric {short(spec.objective.metric)}; {one_of(spec.objective.metric, known)}",
         )
     sched = spec.scheduler
     if getattr(sched, "max_t", None) and sched.max_t > spec.budget.epochs and sched.time_attr == "epoch":

@@ -1,0 +1,104 @@
+"""Bad input and faults (issue 13): a fuzz test of ``validate`` over mutated shipped specs, and start checks."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from tuneclust.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+NUMBER = re.compile(rb"(?<![\w.])\d+(\.\d+)?(?![\w.])")
+KEY = re.compile(rb"^(\s*)([a-z_]+):", re.M)
+
+
+def _sub_random(rng: random.Random, pattern: re.Pattern, data: bytes, new: bytes) -> bytes:
+    hits = list(pattern.finditer(data))
+    if not hits:
+        return data + b"\nx: " + new
+    m = rng.choice(hits)
+    return data[: m.start()] + new + data[m.end() :]
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    """One random mutation of a spec's bytes (the kinds of bad input issue 13 found)."""
+    kind = rng.randrange(16)
+    pos = rng.randrange(len(data))
+    if kind == 0:  # byte flip
+        return data[:pos] + bytes([data[pos] ^ (1 << rng.randrange(8))]) + data[pos + 1 :]
+    if kind == 1:  # a byte that is not UTF-8
+        return data[:pos] + bytes([rng.choice([0x80, 0xC3, 0xFF, 0xFE])]) + data[pos:]
+    if kind == 2:
+        return data.decode("utf-8").encode(rng.choice(["utf-16", "utf-32", "latin-1"]), "replace")
+    if kind == 3:  # deep nesting
+        n = rng.choice([40, 500, 3000])
+        return data + b"\nx: " + (b"[" if rng.random() < 0.5 else b"{a: ") * n
+    if kind == 4:  # duplicate key
+        keys = KEY.findall(data)
+        indent, key = rng.choice(keys) if keys else (b"", b"name")
+        return data.replace(indent + key + b":", indent + key + b": 1\n" + indent + key + b":", 1)
+    if kind == 5:  # NaN / inf in a number field
+        return _sub_random(rng, NUMBER, data, rng.choice([b".nan", b".inf", b"-.inf", b".NaN"]))
+    if kind == 6:  # huge integers
+        return _sub_random(
+            rng, NUMBER, data, rng.choice([b"1" + b"0" * 30, b"9223372036854775808", b"9" * 5000])
+        )
+    if kind == 7:  # wrong types
+        return _sub_random(
+            rng, NUMBER, data, rng.choice([b"'15'", b"true", b"[1, 2]", b"{a: 1}", b"null", b"~"])
+        )
+    if kind == 8:  # drop a line
+        lines = data.split(b"\n")
+        del lines[rng.randrange(len(lines))]
+        return b"\n".join(lines)
+    if kind == 9:  # rename a key
+        return _sub_random(
+            rng, KEY, data, b"\n" + rng.choice([b"nmae", b"epoch", b"serach", b"x" * 3000]) + b":"
+        )
+    if kind == 10:  # truncate
+        return data[:pos]
+    if kind == 11:  # tags
+        tag = rng.choice(
+            [b"!!binary aGk=", b"!!python/name:os.system", b"!!set {a}", b"!!timestamp 2001-12-14"]
+        )
+        return data.replace(b"name: ", b"name: " + tag + b" #", 1)
+    if kind == 12:  # alias bomb
+        bomb = b"a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+            b"a%d: &a%d [%s]\n" % (i, i, b", ".join([b"*a%d" % (i - 1)] * 9)) for i in range(1, 10)
+        )
+        return bomb + data
+    if kind == 13:  # an overlong name or value
+        return re.sub(rb"name: \S+", b"name: " + b"n" * rng.choice([101, 5000]), data, count=1)
+    if kind == 14:  # random bytes spliced in
+        return data[:pos] + rng.randbytes(rng.randrange(1, 20)) + data[pos:]
+    return data[:pos] + rng.choice([b"\t", b"\x00", b"&", b"*", b"- ", b": ", b"%", b"\r", b"'"]) + data[pos:]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fuzzed_specs_never_traceback(tmp_path, capsys, monkeypatch, seed):
+    """300 seeded mutations of the shipped specs: exit 0 or 2; on 2 exactly one line <= 300 chars; nothing written."""
+    monkeypatch.chdir(tmp_path)
+    rng = random.Random(seed)
+    codes = {0: 0, 2: 0}
+    for i in range(50):
+        source = rng.choice(SHIPPED)
+        data = mutate(rng, source.read_bytes())
+        p = tmp_path / "spec.yaml"
+        p.write_bytes(data)
+        code = main(["validate", str(p), "--set", f"storage={tmp_path / 'runs'}"])
+        out, err = capsys.readouterr()
+        assert code in (0, 2), (seed, i, code)
+        codes[code] += 1
+        if code == 2:
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and len(lines[0]) <= 300, (seed, i, err[:2000])
+            assert "unexpected" not in lines[0] and "Traceback" not in err, (seed, i, lines[0])
+        else:
+            assert out.count("\n") == 1 and err == "", (seed, i, out, err)
+        assert sorted(os.listdir(tmp_path)) == ["spec.yaml"], (seed, i)
+    assert codes[2] >= 25  # most mutations are bad input
