@@ -102,3 +102,63 @@ def test_fuzzed_specs_never_traceback(tmp_path, capsys, monkeypatch, seed):
             assert out.count("\n") == 1 and err == "", (seed, i, out, err)
         assert sorted(os.listdir(tmp_path)) == ["spec.yaml"], (seed, i)
     assert codes[2] >= 25  # most mutations are bad input
+
+
+SWEEP = """
+name: {name}
+method: idfd
+data: {{name: digits, subsample: 200}}
+budget: {{epochs: 1}}
+config: {{backbone: convnet, batch_size: 100, kmeans_n_init: 1}}
+storage: {storage}
+tracking: {{mlflow: {{uri: "{uri}"}}}}
+"""
+
+
+def _write_sweep(tmp_path: Path, uri: str, storage: Path, name: str = "s", extra: str = "") -> Path:
+    p = tmp_path / f"sweep{len(list(tmp_path.glob('sweep*.yaml')))}.yaml"
+    p.write_text(SWEEP.format(name=name, storage=storage, uri=uri) + extra)
+    return p
+
+
+def _start_fails(capsys, argv: list[str], expected: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and len(err[0]) <= 300, err
+
+
+def test_start_checks_refuse_before_writing(tmp_path, capsys, monkeypatch):
+    """Each start check: exit 2 with one line, before Ray starts, and nothing written anywhere."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    (tmp_path / "db").mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (_write_sweep(tmp_path, uri, a_file), [], "is a file, expected a folder"),
+        (_write_sweep(tmp_path, uri, Path("/proc/tuneclust")), [], "pseudo-filesystem"),
+        (_write_sweep(tmp_path, uri, tmp_path / ("x" * 300)), [], "this filesystem allows"),
+        (_write_sweep(tmp_path, f"sqlite:///{a_file}/m.db", tmp_path / "runs"), [], "cannot create"),
+        (_write_sweep(tmp_path, uri, tmp_path / "runs"), ["--set", "resources.cpu=1000"], "resources.cpu"),
+        (_write_sweep(tmp_path, uri, tmp_path / "runs"), ["--set", "resources.gpu=1"], "resources.gpu"),
+    ]
+    before = sorted(os.listdir(tmp_path))
+    for spec, extra, expected in cases:
+        _start_fails(capsys, ["sweep", str(spec), *extra], expected)
+        assert sorted(os.listdir(tmp_path)) == before and not os.listdir(tmp_path / "db"), expected
+
+
+def test_cluster_check_names_the_largest_node():
+    from tuneclust.preflight import PreflightError, check_cluster
+    from tuneclust.spec import validate_spec
+
+    spec = validate_spec(
+        {"name": "c", "method": "idfd", "budget": {"epochs": 1}, "resources": {"cpu": 8, "gpu": 1}}
+    )
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 16.0}},
+        {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},
+    ]
+    with pytest.raises(PreflightError, match="largest node has 16 CPU and 0 GPU"):
+        check_cluster(spec, nodes)
+    check_cluster(spec, [*nodes, {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}}])

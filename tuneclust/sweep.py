@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tuneclust import tracking
+from tuneclust import preflight, tracking
 from tuneclust.data.registry import DataError, prepare_data
 from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
@@ -239,6 +239,13 @@ def run_sweep(
     import ray
 
     out = sweep_dir(spec, storage)
+    mlflow_uri = None
+    if spec.tracking.mlflow.enabled:
+        mlflow_uri = spec.tracking.mlflow.uri or tracking.default_tracking_uri()
+    try:
+        preflight.check_local(spec, out, mlflow_uri, storage, address)
+    except preflight.PreflightError as e:
+        raise SweepError(str(e)) from None
     started = (out / "tuner.pkl").exists()
     if resume and not started:
         raise SweepError(f"{out}: nothing to resume (no earlier sweep with this name there)")
@@ -250,19 +257,17 @@ def run_sweep(
     _prepare_data(spec)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
-    if spec.resources.gpu > 0 and not ray.cluster_resources().get("GPU", 0) and address is None:
-        raise SweepError(
-            "resources.gpu: the spec asks for GPUs but this machine has none; use --smoke, or --set resources.gpu=0"
-        )
+    if address is not None:
+        try:
+            preflight.check_cluster(spec)
+        except preflight.PreflightError as e:
+            raise SweepError(str(e)) from None
     if overwrite and not resume and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     if not resume:
         (out / "spec.yaml").write_text(spec_text)
-    mlflow_uri = None
-    if spec.tracking.mlflow.enabled:
-        mlflow_uri = spec.tracking.mlflow.uri or tracking.default_tracking_uri()
     trainable = tune.with_resources(
         tune.with_parameters(ray_trainable, plan=SweepPlan.from_spec(spec)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
