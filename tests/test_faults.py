@@ -162,3 +162,75 @@ def test_cluster_check_names_the_largest_node():
     with pytest.raises(PreflightError, match="largest node has 16 CPU and 0 GPU"):
         check_cluster(spec, nodes)
     check_cluster(spec, [*nodes, {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}}])
+
+
+def _rows(path: Path) -> int:
+    try:
+        import pandas as pd
+
+        return len(pd.read_parquet(path))
+    except Exception:
+        return 0
+
+
+def test_ctrl_c_ends_honestly_and_resume_completes(tmp_path):
+    """SIGINT after a trial finished: exit 130 naming --resume; MLflow parent and unfinished children KILLED;
+    ``--resume`` completes every trial with every epoch recorded once and the parent's summary logged once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+    import pandas as pd
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    p = _write_sweep(tmp_path, uri, tmp_path / "runs", name="i")
+    p.write_text(
+        p.read_text().replace("epochs: 1", "epochs: 3") + "search: {tau: {grid: [0.5, 1.0, 2.0, 4.0]}}\n"
+    )
+    out = tmp_path / "runs" / "i"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    cmd = [sys.executable, "-m", "tuneclust", "sweep", str(p), "--quiet", "--set", "max_concurrent=1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while _rows(out / "trials.parquet") < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-2000:]
+    line = next(ln for ln in err.splitlines() if ln.startswith("interrupted:"))
+    assert "unfinished — resume with: python -m tuneclust sweep" in line and line.endswith("--resume"), line
+    assert "--set max_concurrent=1" in line
+    before = pd.read_parquet(out / "trials.parquet")
+    assert 1 <= len(before) < 4
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name("i")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert parent.info.status == "KILLED" and not parent.data.metrics
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children), [r.info.status for r in children]
+    finished = set(before["trial_id"])
+    for r in children:
+        expected = "FINISHED" if r.data.tags["tuneclust.trial_id"] in finished else "KILLED"
+        assert r.info.status == expected
+
+    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "4 trials: 4 finished, 0 errored, 0 unfinished" in r.stdout
+    after = pd.read_parquet(out / "trials.parquet")
+    assert len(after) == 4 and (after["status"] == "TERMINATED").all()
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert (epochs.groupby("trial_id")["epoch"].apply(sorted).map(tuple) == (1, 2, 3)).all()
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FINISHED"
+    assert len(client.get_metric_history(parent.info.run_id, "trials")) == 1
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "acc")]
+        assert sorted(steps) == [1, 2, 3], steps

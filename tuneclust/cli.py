@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+"""Ctrl-C: the shell's convention (128 + SIGINT)."""
 
 
 def _fail(message: str) -> int:
@@ -146,7 +148,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except SpecError as e:
         return _fail(str(e))
     from tuneclust import report
-    from tuneclust.sweep import SweepError, run_sweep, sweep_dir
+    from tuneclust.sweep import SweepError, run_sweep, sweep_dir, sweep_outcome
 
     try:
         results = run_sweep(
@@ -159,17 +161,51 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     except SweepError as e:
         return _fail(str(e))
+    except KeyboardInterrupt:  # before Ray Tune took over Ctrl-C (data preparation, Ray start-up)
+        print(
+            f"interrupted before the sweep started — rerun: {resume_command(args, resume=False)}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     out = sweep_dir(spec, args.storage)
-    statuses = [r.error is None for r in results]
+    counts = sweep_outcome(out, len(results))
     print(
-        f"\n{spec.name}: {sum(statuses)} of {len(statuses)} trials finished, {statuses.count(False)} errored"
+        f"\n{spec.name}: {len(results)} trials: {counts['terminated']} finished, {counts['errored']} errored, "
+        f"{counts['unfinished']} unfinished"
     )
     print(f"results: {out}/trials.parquet, {out}/epochs.parquet")
     try:
         print(report.ranking_text(out, top=10))
     except FileNotFoundError:
         pass
-    return 0 if any(statuses) else 1
+    if counts["unfinished"]:
+        done = counts["terminated"] + counts["errored"]
+        print(
+            f"interrupted: {done} finished, {counts['unfinished']} unfinished — resume with: {resume_command(args)}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return 0 if counts["terminated"] else 1
+
+
+def resume_command(args: argparse.Namespace, resume: bool = True) -> str:
+    """The command line that continues this sweep (the same spec, overrides and options, plus ``--resume``)."""
+    import shlex
+
+    parts = ["python", "-m", "tuneclust", "sweep", args.spec]
+    for item in args.overrides:
+        parts += ["--set", item]
+    if args.storage:
+        parts += ["--storage", args.storage]
+    if args.smoke:
+        parts.append("--smoke")
+    if args.address:
+        parts += ["--address", args.address]
+    if args.quiet:
+        parts.append("--quiet")
+    if resume:
+        parts.append("--resume")
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ events reach MLflow and the Parquet tables through :class:`TrackingCallback` in 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +84,31 @@ def pbt_keys(spec: Spec) -> list[str]:
     return list(s.hyperparam_mutations or spec.space.sampled_dims())
 
 
+MAX_ERROR = 300
+"""Longest recorded trial error (type and the first line of the exception's message)."""
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)\w*)(?:: (.*))?$")
+
+
+def error_line(text: str) -> str:
+    """The exception's own first line (``Type: message``) from a trial's error text, not the last line of a
+    multi-line message (scikit-learn appends hints) and not Ray's wrapper (``RayTaskError(...)``)."""
+    found = None
+    for line in text.splitlines():
+        m = _EXCEPTION_LINE.match(line.rstrip())  # exception lines start at column 0; frames are indented
+        if m and not m.group(1).startswith(("ray.exceptions.", "RayTaskError", "ray.")):
+            found = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2) or ''}".rstrip(": ")
+    if found is None:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        found = lines[-1] if lines else "trial failed (no error message recorded)"
+    return found if len(found) <= MAX_ERROR else found[: MAX_ERROR - 3] + "..."
+
+
 def _error_line(trial: Any) -> str:
-    """The last line of a trial's error (the exception itself, not the traceback)."""
     try:
-        text = Path(trial.error_file).read_text() if trial.error_file else ""
+        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
     except OSError:
         text = ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else "trial failed (no error message recorded)"
+    return error_line(text)
 
 
 class TrackingCallback(tune.Callback):
@@ -119,6 +138,7 @@ class TrackingCallback(tune.Callback):
             "idents": {},
             "initial": {},
             "last": {},
+            "started": {},
         }
         if self.mlflow_uri:
             spec = self.spec
@@ -150,6 +170,7 @@ class TrackingCallback(tune.Callback):
         return idents[key]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._live["started"][trial.trial_id] = time.time()
         ident = self._ident(trial)
         mlf = self._live.get("mlflow")
         if mlf is not None:
@@ -191,6 +212,9 @@ class TrackingCallback(tune.Callback):
         ident.update({f"initial.{k}": v for k, v in initial.items() if ident.get(k) != v})
         last = self._live["last"].get(trial.trial_id)
         wall = float(last.get("time_total_s", 0.0)) if last else None
+        started = self._live["started"].get(trial.trial_id)
+        if status == "ERROR" and started is not None:  # it ran past its last report before it failed
+            wall = max(wall or 0.0, time.time() - started)
         self.tables.finish(trial.trial_id, ident, status, error, wall)
         mlf = self._live.get("mlflow")
         if mlf is not None:
@@ -203,14 +227,36 @@ class TrackingCallback(tune.Callback):
         self._finish(trial, "ERROR", _error_line(trial))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Record the ending honestly: Ray marks trials it stopped at Ctrl-C TERMINATED, but only trials that
+        reached on_trial_complete/on_trial_error have a row; the others end KILLED in MLflow, as does the
+        parent, and ``--resume`` continues them."""
         self.tables.flush()
+        counts = outcome(self.tables.trials, len(trials))
         mlf = self._live.get("mlflow")
         if mlf is not None:
-            statuses = [t.status for t in trials]
-            mlf.end(
-                {"trials": len(trials), "trials_errored": statuses.count("ERROR")},
-                "FINISHED" if statuses.count("ERROR") < len(trials) else "FAILED",
-            )
+            unfinished = [t.trial_id for t in trials if t.trial_id not in self.tables.trials]
+            for trial_id in unfinished:
+                mlf.end_trial(trial_id, "UNFINISHED")
+            if counts["unfinished"]:
+                mlf.end({}, "KILLED")
+            else:
+                mlf.end(
+                    {"trials": len(trials), "trials_errored": counts["errored"]},
+                    "FINISHED" if counts["terminated"] else "FAILED",
+                )
+
+
+def outcome(rows: dict[str, dict[str, Any]], total: int) -> dict[str, int]:
+    """Trials TERMINATED, ERROR and unfinished (stopped by Ctrl-C or never started) out of ``total``."""
+    statuses = [r.get("status") for r in rows.values()]
+    done = {"terminated": statuses.count("TERMINATED"), "errored": statuses.count("ERROR")}
+    return {**done, "unfinished": max(0, total - done["terminated"] - done["errored"])}
+
+
+def sweep_outcome(out: Path, total: int) -> dict[str, int]:
+    """:func:`outcome` from a sweep's ``trials.parquet`` (what the CLI reports after ``run_sweep``)."""
+    rows = tracking.ResultTables(out, resume=True).trials if (out / tracking.TRIALS_FILE).exists() else {}
+    return outcome(rows, total)
 
 
 def _trial_name(trial: Any) -> str:

@@ -96,7 +96,8 @@ class MlflowTracker:
     def start_trial(self, trial_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
         from mlflow.entities import Param, RunTag
 
-        if trial_id in self.children:
+        if trial_id in self.children:  # resumed: it was left KILLED by an interrupted run
+            self.client.update_run(self.children[trial_id], status="RUNNING")
             self.client.set_tag(self.children[trial_id], "status", "RUNNING")
             return
         all_tags = {
@@ -135,11 +136,16 @@ class MlflowTracker:
         self.client.set_tag(run_id, "status", status)
         if error:
             self.client.set_tag(run_id, "error", error[:5000])
-        self.client.set_terminated(run_id, "FINISHED" if status == "TERMINATED" else "FAILED")
+        ending = {"TERMINATED": "FINISHED", "UNFINISHED": "KILLED"}.get(status, "FAILED")
+        self.client.set_terminated(run_id, ending)
 
     def end(self, summary: dict[str, float], status: str = "FINISHED") -> None:
-        if summary:
-            self.log_metrics_parent(summary)
+        """End the parent run; summary metrics already logged with the same value (a resumed sweep) are not
+        logged again."""
+        logged = self.client.get_run(self.parent).data.metrics
+        fresh = {k: v for k, v in summary.items() if logged.get(k) != float(v)}
+        if fresh:
+            self.log_metrics_parent(fresh)
         self.client.set_terminated(self.parent, status)
 
     def log_metrics_parent(self, values: dict[str, float]) -> None:
