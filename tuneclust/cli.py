@@ -147,6 +147,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 spec = load_spec(stored)
     except SpecError as e:
         return _fail(str(e))
+    except OSError as e:  # a results path the filesystem refuses (name too long, ...)
+        return _fail(f"{args.spec}: storage: {e.strerror or type(e).__name__}")
     from tuneclust import report
     from tuneclust.sweep import SweepError, run_sweep, sweep_dir, sweep_outcome
 
