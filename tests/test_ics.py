@@ -111,6 +111,40 @@ def test_reconstruction_loss_is_elementwise_mse():
     assert L.reconstruction_loss(torch.zeros_like(x), x).item() == pytest.approx((0 + 1 + 4 + 9) / 4)
 
 
+def test_reconstruction_loss_sum_is_eq1_pixel_sum_over_batch_mean():
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])  # (2, 1, 2, 2)
+    # Eq. 1: 1/n sum_i ||x'_i - x_i||^2 = (14 + 4) / 2 ; mean: 18 / 8 elements
+    assert L.reconstruction_loss(torch.zeros_like(x), x, "sum").item() == pytest.approx(9.0)
+    assert L.reconstruction_loss(torch.zeros_like(x), x, "mean").item() == pytest.approx(18 / 8)
+
+
+def test_clustering_loss_sums_or_averages_rows_of_kl():
+    p = torch.tensor([[0.5, 0.5], [1.0, 0.0]], dtype=torch.float64)
+    q = torch.tensor([[0.25, 0.75], [0.5, 0.5]], dtype=torch.float64)
+    row0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    row1 = 1.0 * math.log(1.0 / 0.5)  # p = 0 adds nothing
+    assert L.clustering_loss(p, q, "sum").item() == pytest.approx(row0 + row1, abs=1e-12)
+    assert L.clustering_loss(p, q, "mean").item() == pytest.approx((row0 + row1) / 2, abs=1e-12)
+
+
+def test_sum_reduction_reaches_every_term_of_the_method(digits):
+    """With reduction=sum the logged terms are the printed equations' scale: B (or C*H*W) times the means."""
+    data = small(digits, 128)
+    logs = {}
+    for red in ("mean", "sum"):
+        m = make(data, reduction=red, batch_size=128, seed=3)
+        logs[red] = run_epochs(m, 2)  # 1 pre-training epoch, 1 joint epoch (one batch of 128)
+    pre_mean, pre_sum = logs["mean"][0]["loss_r"], logs["sum"][0]["loss_r"]
+    assert pre_sum == pytest.approx(
+        64 * pre_mean, rel=1e-4
+    )  # 8x8 pixels: pre-training uses the same reduction
+    joint_mean, joint_sum = logs["mean"][1], logs["sum"][1]
+    assert (
+        joint_sum["loss_c"] > 20 * joint_mean["loss_c"] > 0
+    )  # summed over 128 rows (trajectories differ a bit)
+    assert joint_sum["loss_t"] > 20 * joint_mean["loss_t"] > 0
+
+
 # ---------------------------------------------------------------------------------------------- negatives
 def _codes():
     anchors = torch.zeros(2, 2)
@@ -213,7 +247,7 @@ def _forbid(monkeypatch, name: str) -> None:
 @pytest.mark.parametrize(
     ("weight", "term", "forbidden"),
     [
-        ("beta", "c", ["kl_divergence"]),
+        ("beta", "c", ["clustering_loss"]),
         ("gamma", "b", ["balance_loss"]),
         ("omega", "t", ["select_negatives", "triplet_loss"]),
         ("alpha", "r", ["reconstruction_loss"]),
@@ -271,7 +305,7 @@ def test_trains_stably_on_digits(digits):
 
 def test_non_finite_loss_raises(digits, monkeypatch):
     m = make(small(digits, 128))
-    monkeypatch.setattr(L, "reconstruction_loss", lambda a, b: ((a - b) ** 2).mean() * float("nan"))
+    monkeypatch.setattr(L, "reconstruction_loss", lambda a, b, r="mean": ((a - b) ** 2).mean() * float("nan"))
     with pytest.raises(NonFiniteLossError, match="loss_r"):
         run_epochs(m, 1)
 
