@@ -317,6 +317,8 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
             cfg = {**st.config, **(st.budget(epochs) if st.budget else {})}
         cfg.update(sets.get(name, {}))
         for arm, over in st.arms.items():
+            if args.arms and arm not in args.arms:
+                continue
             for seed in range(args.seeds):
                 jobs.append(Job(name, arm, seed, {**cfg, **over}, data, epochs))
     return jobs
@@ -348,6 +350,8 @@ def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
         st = STUDIES[name]
         for arm in st.arms:
             runs = by.get((name, arm), {})
+            if not runs:
+                continue
             accs = [o.acc for o in runs.values()]
             nmis = [o.nmi for o in runs.values()]
             secs = np.mean([o.seconds for o in runs.values()]) if runs else math.nan
@@ -358,6 +362,8 @@ def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
         for claim in st.claims:
             b, w = by.get((name, claim.better), {}), by.get((name, claim.worse), {})
             seeds = sorted(set(b) & set(w))
+            if not seeds:
+                continue
             for metric in METRICS:
                 g = paired_gap([getattr(b[s], metric) for s in seeds], [getattr(w[s], metric) for s in seeds])
                 claim_rows.append(
@@ -403,6 +409,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     p.add_argument("--subsample", type=int, default=None, help="keep a seeded subset of this many samples")
+    p.add_argument(
+        "--arms", nargs="+", default=None, help="run only these arms (claims need both of their arms)"
+    )
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 5; --quick 2)")
     p.add_argument(
         "--epochs", type=int, default=None, help="epochs of every selected study (replaces the default)"

@@ -78,6 +78,10 @@ def test_set_and_data_arguments(fidelity, tmp_path):
         full.epochs == 10 and full.config["pretrain_epochs"] == 6 and full.config["finetune_iters"] == 4 * 50
     )
     assert full.config["lam"] == 0.5
+    only = fidelity.build_jobs(
+        fidelity.parse_args(["--methods", "cdc", "--arms", "AEs_Lc", "AEs_LDC", "--seeds", "3"])
+    )
+    assert sorted({j.arm for j in only}) == ["AEs_LDC", "AEs_Lc"] and len(only) == 6
 
 
 def test_quick_run_prints_every_arm_and_claim(fidelity, capsys):

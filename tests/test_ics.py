@@ -106,6 +106,12 @@ def test_triplet_loss_matches_hand_numbers_with_hinge():
     assert L.triplet_loss(z_a, z_p, z_n, margin=0.0).total.item() == 0.0  # both hinges closed
 
 
+def test_every_config_key_has_a_meaning():
+    """The README's generated key table takes each key's attribute docstring (python -m tuneclust list --keys)."""
+    missing = [k for k, f in M.ICSConfig.model_fields.items() if not (f.description or "").strip()]
+    assert not missing
+
+
 def test_reconstruction_loss_is_elementwise_mse():
     x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
     assert L.reconstruction_loss(torch.zeros_like(x), x).item() == pytest.approx((0 + 1 + 4 + 9) / 4)
