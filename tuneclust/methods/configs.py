@@ -251,7 +251,7 @@ class ICSConfig(MethodConfig):
     """Augmentations per anchor for negative selection and the positive (Algorithm 1: 10)."""
     neg_tries: int = Field(default=50, ge=1)
     """Random draws per anchor when looking for a negative (the paper's loop is unbounded; our bound)."""
-    reduction: Literal["mean", "sum"] = "mean"
+    reduction: Literal["mean", "sum"] = "sum"
     """Term scales: `sum` = the printed Eqs. 1, 4, 5, 6 (the scale of Sec. 4.4's weights), `mean` = per-sample
     means; docs/methods.md gives the benchmark evidence for the default (benchmarks/fidelity.py)."""
     aug_rotation: float = Field(default=15.0, ge=0, le=180)
