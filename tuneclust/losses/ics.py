@@ -1,20 +1,25 @@
 """ICS losses (Das, Ghosh, Bhowmick, "Deep representation learning characterized by inter-class separation for
 image clustering", WACV 2019), as pure functions of tensors.
 
-- ``reconstruction_loss``: L_r (Eq. 1), mean squared error per element.
+- ``reconstruction_loss``: L_r (Eq. 1).
+- ``clustering_loss``: L_c (Eq. 4), DEC's KL(P || Q).
 - ``balance_loss``: L_b (Eq. 6), minimised by confident assignments balanced across the batch.
 - ``triplet_loss``: L_t (Eq. 5), hinge on squared code distances.
 - ``select_negatives``: Algorithm 1 (negative mining), vectorised over a batch of anchors.
 - ``ics_loss``: ``alpha L_r + beta L_c + gamma L_b + omega L_t``, the one place the terms are weighted.
 
-L_c is DEC's KL(P || Q): see :mod:`tuneclust.losses.dec`.
-
 Sign and reduction of L_b: Eq. 6 literally reads ``sum_i sum_j q log q - sum_j qbar log qbar``, i.e.
 ``H(qbar) - sum_i H(q_i)``, which a minimiser would make *uncertain* per sample and *imbalanced* over the batch,
 the opposite of the stated purpose ("unambiguous model assignments", after Bridle et al.'s mutual information).
 We minimise its negative, ``mean_i H(q_i) - H(qbar)`` (= minus the mutual information between sample and
-cluster), which is minimal (-log K) exactly for one-hot assignments used equally often. Eq. 5 and 6 sum over
-the batch; we average by default (``reduction="mean"``) so the weights do not depend on the batch size.
+cluster), which is minimal (-log K) exactly for one-hot assignments used equally often.
+
+Reductions (every term function takes ``reduction``): ``sum`` is the scale of the printed equations, at which
+Sec. 4.4 chose alpha=1, beta=0.8, gamma=0.01, omega=0.1: L_r sums the squared error over the pixels of an image and
+averages over the batch (Eq. 1's 1/n), L_c and L_t sum over the batch (Eq. 4, 5), L_b sums the per-sample
+entropies and subtracts the one entropy of the batch-mean assignment (Eq. 6). ``mean`` divides each by what
+makes it a per-sample (per-element for L_r) mean: L_r by C*H*W and the batch, L_c, L_t and the entropy part of
+L_b by the batch size B.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from tuneclust.losses.dec import kl_divergence
 from tuneclust.losses.terms import LossTerms, combine
 
 Reduction = Literal["mean", "sum"]
@@ -61,21 +65,41 @@ def _reduce(x: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     return x.sum() if reduction == "sum" else x.mean()
 
 
-def reconstruction_loss(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """L_r (Eq. 1) as the mean squared error over all elements.
+def reconstruction_loss(x_rec: torch.Tensor, x: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """L_r (Eq. 1): squared reconstruction error.
 
-    Eq. 1 sums the squared error over pixels and averages over images; the per-element mean differs by the
-    constant C*H*W and is Keras' ``mse``, the usual choice of DEC-style code.
+    Args:
+        x_rec: (B, ...) reconstructions.
+        x: (B, ...) inputs.
+        reduction: ``sum`` (Eq. 1 as printed: ``1/n sum_i ||x'_i - x_i||^2``, summed over the pixels and
+            averaged over the batch) or ``mean`` (mean over all elements, Keras' ``mse``; Eq. 1 / (C*H*W)).
     """
-    return torch.mean((x_rec - x) ** 2)
+    err = (x_rec - x).pow(2)
+    return err.flatten(1).sum(dim=1).mean() if reduction == "sum" else err.mean()
+
+
+def clustering_loss(
+    p: torch.Tensor, q: torch.Tensor, reduction: Reduction = "mean", eps: float = 1e-12
+) -> torch.Tensor:
+    """L_c = KL(P || Q) = sum_i sum_j p_ij log(p_ij / q_ij) (Eq. 4).
+
+    Args:
+        p: (B, K) DEC target rows of the batch.
+        q: (B, K) soft assignments.
+        reduction: ``sum`` over the batch (Eq. 4 as printed) or ``mean`` (DEC's batch mean).
+        eps: floor inside the logarithms; entries with p_ij = 0 add 0.
+    """
+    rows = (p * (p.clamp_min(eps).log() - q.clamp_min(eps).log())).sum(dim=1)
+    return _reduce(rows, reduction)
 
 
 def balance_loss(q: torch.Tensor, reduction: Reduction = "mean", eps: float = 1e-12) -> BalanceTerms:
-    """L_b = mean_i H(q_i) - H(qbar) with qbar = mean_i q_i (Eq. 6 with the sign fixed, see module doc).
+    """L_b = sum_i H(q_i) - H(qbar) (``sum``) or mean_i H(q_i) - H(qbar) (``mean``), qbar = mean_i q_i (Eq. 6 with
+    the sign fixed, see the module docstring).
 
     Args:
         q: (B, K) soft assignments, rows summing to one.
-        reduction: ``mean`` (default) or ``sum`` (Eq. 6 as printed) of the per-sample entropies.
+        reduction: ``sum`` (Eq. 6 as printed) or ``mean`` of the per-sample entropies; H(qbar) is one term either way.
         eps: floor inside the logarithms.
 
     Returns:
@@ -97,7 +121,7 @@ def triplet_loss(
         z_p: (B, d) positive codes (an augmentation of the anchor).
         z_n: (B, d) negative codes.
         margin: the hinge margin.
-        reduction: ``mean`` (default) or ``sum`` (Eq. 5 as printed) over the batch.
+        reduction: ``sum`` (Eq. 5 as printed) or ``mean`` over the batch.
 
     Returns:
         TripletTerms(total, pos_dist, neg_dist); the distances are batch means of the squared distances.
@@ -167,13 +191,13 @@ def ics_loss(
     """``alpha L_r + beta L_c + gamma L_b + omega L_t`` (Sec. 3.4); weights ``r``, ``c``, ``b``, ``t``.
 
     Only the inputs of terms with a weight are needed: ``x, x_rec`` (L_r), ``p, q`` (L_c), ``q`` (L_b),
-    ``z, z_pos, z_neg, margin`` (L_t). ``reduction`` applies to L_b and L_t (see the module docstring).
+    ``z, z_pos, z_neg, margin`` (L_t). ``reduction`` applies to every term (see the module docstring).
     """
     return combine(
         weights,
         {
-            "r": lambda: reconstruction_loss(x_rec, x),
-            "c": lambda: kl_divergence(p, q),
+            "r": lambda: reconstruction_loss(x_rec, x, reduction),
+            "c": lambda: clustering_loss(p, q, reduction),
             "b": lambda: balance_loss(q, reduction).total,
             "t": lambda: triplet_loss(z, z_pos, z_neg, margin, reduction).total,
         },

@@ -251,8 +251,9 @@ class ICSConfig(MethodConfig):
     """Augmentations per anchor for negative selection and the positive (Algorithm 1: 10)."""
     neg_tries: int = Field(default=50, ge=1)
     """Random draws per anchor when looking for a negative (the paper's loop is unbounded; our bound)."""
-    reduction: Literal["mean", "sum"] = "mean"
-    """L_b and L_t over the batch: per-sample mean, or the sum printed in Eq. 5/6 (docs/methods.md)."""
+    reduction: Literal["mean", "sum"] = "sum"
+    """Term scales: `sum` = the printed Eqs. 1, 4, 5, 6 (the scale of Sec. 4.4's weights), `mean` = per-sample
+    means; docs/methods.md gives the benchmark evidence for the default (benchmarks/fidelity.py)."""
     aug_rotation: float = Field(default=15.0, ge=0, le=180)
     """Positive: random rotation up to this many degrees (Sec. 3.3 names rotation, no range)."""
     aug_scale: float = Field(default=0.1, ge=0, lt=1)

@@ -109,7 +109,9 @@ class ICS(Method):
     def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         if not self._joint():  # pre-training: L_r alone, unweighted
             x = self._norm(self.x[idx])
-            out = ics_loss({"r": 1.0}, x=x, x_rec=self.net.decode(self.net.encode(x)))
+            out = ics_loss(
+                {"r": 1.0}, x=x, x_rec=self.net.decode(self.net.encode(x)), reduction=self.cfg.reduction
+            )
             self.descend("adam", out.total)
             return out.logged()
         c, x, every = self.cfg, self.x[idx], self.cfg.target_update_every

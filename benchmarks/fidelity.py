@@ -1,0 +1,461 @@
+"""Fidelity benchmark: do the papers' headline ablations show their effects on the data at hand?
+
+For each method the paper's headline finding is a set of arms (config overrides) and claimed orderings between
+them (``better > worse``). Every arm is trained with the same seeds, in-process (no Ray), through the one trial
+loop (:class:`tuneclust.trainable.TrialLoop`), and scored at its final evaluation (no selection by label):
+
+- IDFD (Table 1, Fig. 3): ID tau=1 > ID tau=0.07; IDFD > ID (tau=1).
+- DCCS (Table 5): M4 (all losses) > M1 (L_Adv only); M1-M4 are all printed.
+- CDC (Table 3): the five rows; AE*+L_DC > AE*+L_c.
+- ICS (Fig. 5): full > without L_t > L_r only.
+
+Per arm the table gives mean ± std of ACC and NMI over seeds; per claim the mean paired-seed gap with a Student-t
+95% confidence interval and a verdict: ``holds`` (CI above 0), ``not shown`` (CI spans 0), ``reversed`` (CI below 0).
+
+Usage (``--help`` lists every option)::
+
+    nice -n 10 python benchmarks/fidelity.py                      # every method, 5 seeds, digits (<= 30 min, 2 cores)
+    python benchmarks/fidelity.py --methods ics --set ics.reduction=sum
+    python benchmarks/fidelity.py --quick                         # CI: 2 seeds, tiny budget
+    python benchmarks/fidelity.py --data mnist --scale 10 --workers 8 --record   # a bigger machine
+
+``--record`` appends the tables, the machine, the date and the command to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import math
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+METRICS = ("acc", "nmi")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed ordering: arm ``better`` scores higher than arm ``worse``."""
+
+    better: str
+    worse: str
+
+
+@dataclass(frozen=True)
+class Study:
+    """One paper's headline ablation at a CPU-sized budget.
+
+    Attributes:
+        method: registry name of the method.
+        source: where the finding is in the paper.
+        config: fixed config of every arm (the digits-sized settings).
+        arms: arm name -> config overrides.
+        claims: the orderings the paper reports.
+        epochs: default training epochs (``--scale`` multiplies, ``--epochs`` replaces).
+        budget: config the epoch count implies (e.g. CDC's pre-training/fine-tuning split), or None.
+        quick: config and epochs of ``--quick``.
+    """
+
+    method: str
+    source: str
+    config: dict[str, Any]
+    arms: dict[str, dict[str, Any]]
+    claims: tuple[Claim, ...]
+    epochs: int
+    budget: Callable[[int], dict[str, Any]] | None = None
+    quick: dict[str, Any] = field(default_factory=dict)
+    quick_epochs: int = 1
+
+
+CDC_ITERS_PER_EPOCH = 50
+"""CDC fine-tuning iterations per epoch (one DEC target update each, h = 50)."""
+
+
+def cdc_budget(epochs: int) -> dict[str, Any]:
+    """CDC at ``epochs`` epochs: the first 60% pre-train, the rest fine-tune with 50 iterations (h) each."""
+    pre = max(1, round(0.6 * epochs))
+    return {"pretrain_epochs": pre, "finetune_iters": max(1, epochs - pre) * CDC_ITERS_PER_EPOCH}
+
+
+STUDIES: dict[str, Study] = {
+    "idfd": Study(
+        method="idfd",
+        source="IDFD Table 1 / Fig. 3",
+        config={"backbone": "convnet", "batch_size": 128},
+        arms={
+            "ID_tau0.07": {"variant": "id", "tau": 0.07},
+            "ID_tau1": {"variant": "id", "tau": 1.0},
+            "IDFD": {"variant": "idfd", "tau": 1.0},
+        },
+        claims=(Claim("ID_tau1", "ID_tau0.07"), Claim("IDFD", "ID_tau1")),
+        epochs=6,
+        quick={"max_steps_per_epoch": 2, "batch_size": 32},
+    ),
+    "dccs": Study(
+        method="dccs",
+        source="DCCS Table 5",
+        config={
+            "crop_scale_min": 0.8,
+            "beta_aug": 2.0,
+            "mlp_hidden": 256,
+        },  # docs/methods.md: the digits setting
+        arms={
+            "M1": {"mi": False, "aug": False, "adv": True},
+            "M2": {"mi": True, "aug": False, "adv": True},
+            "M3": {"mi": False, "aug": True, "adv": True},
+            "M4": {"mi": True, "aug": True, "adv": True},
+        },
+        claims=(Claim("M4", "M1"), Claim("M3", "M1")),
+        epochs=12,
+        quick={"batch_size": 32},
+    ),
+    "cdc": Study(
+        method="cdc",
+        source="CDC Table 3",
+        config={"update_interval": CDC_ITERS_PER_EPOCH, "kmeans_init_n_init": 5},
+        arms={
+            "AE_Lr": {"pretrain_corr": False, "finetune": False},
+            "AE_LAE": {"finetune": False},
+            "AEs_Lc": {"affinity": False, "regularize": False},
+            "AEs_Lc_La": {"regularize": False},
+            "AEs_LDC": {},
+        },
+        claims=(Claim("AEs_LDC", "AEs_Lc"),),
+        epochs=15,
+        budget=cdc_budget,
+        quick={"pretrain_epochs": 1, "finetune_iters": 10, "update_interval": 5, "kmeans_init_n_init": 1},
+        quick_epochs=2,
+    ),
+    "ics": Study(
+        method="ics",
+        source="ICS Fig. 5a",
+        config={"arch": "shallow"},
+        arms={
+            "full": {},
+            "no_Lt": {"omega": 0.0},
+            "Lr_only": {"beta": 0.0, "gamma": 0.0, "omega": 0.0},
+        },
+        claims=(Claim("full", "no_Lt"), Claim("no_Lt", "Lr_only")),
+        epochs=10,
+        quick={"pretrain_epochs": 1, "n_aug_neg": 3, "neg_tries": 8, "batch_size": 64},
+        quick_epochs=2,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+@dataclass(frozen=True)
+class Gap:
+    """Paired-seed gap ``better - worse`` of one metric."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+    verdict: str
+
+
+def verdict(low: float, high: float) -> str:
+    """``holds`` when the whole CI is above 0, ``reversed`` when below 0, else ``not shown``."""
+    if low > 0:
+        return "holds"
+    if high < 0:
+        return "reversed"
+    return "not shown"
+
+
+def paired_gap(better: Sequence[float], worse: Sequence[float], level: float = 0.95) -> Gap:
+    """Mean of the paired differences with a Student-t CI (n - 1 degrees of freedom) and its verdict.
+
+    Pairs with a NaN on either side are dropped. Fewer than two pairs give an infinite CI (``not shown``).
+    """
+    from scipy import stats
+
+    d = np.asarray(better, dtype=float) - np.asarray(worse, dtype=float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n == 0:
+        return Gap(0, math.nan, -math.inf, math.inf, "not shown")
+    mean = float(d.mean())
+    if n < 2:
+        return Gap(n, mean, -math.inf, math.inf, "not shown")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    return Gap(n, mean, mean - half, mean + half, verdict(mean - half, mean + half))
+
+
+# ---------------------------------------------------------------------------------------------- trials
+@dataclass(frozen=True)
+class Job:
+    """One trial: a study's arm at one seed."""
+
+    method: str
+    arm: str
+    seed: int
+    config: dict[str, Any]
+    data: dict[str, Any]
+    epochs: int
+
+
+@dataclass
+class Outcome:
+    """Final evaluation of one trial (NaN and ``error`` set when it failed)."""
+
+    job: Job
+    acc: float
+    nmi: float
+    seconds: float
+    error: str = ""
+
+
+def run_job(job: Job) -> Outcome:
+    """Train one trial in this process on the CPU and return its final evaluation."""
+    import torch
+
+    from tuneclust.trainable import TrialLoop, TrialPlan
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    plan = TrialPlan(
+        job.method, {**job.config, "seed": job.seed}, job.data, job.epochs, eval_every=job.epochs
+    )
+    last: dict[str, float] = {}
+    try:
+        for result in TrialLoop(plan, torch.device("cpu")).run():
+            last = result
+    except Exception as e:  # a diverged trial is a result (NaN), not a crash of the benchmark
+        return Outcome(job, math.nan, math.nan, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200])
+    return Outcome(job, float(last["acc"]), float(last["nmi"]), time.perf_counter() - t0)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_jobs(jobs: list[Job], workers: int, log: Callable[[str], None]) -> list[Outcome]:
+    """Run ``jobs`` in a process pool of ``workers`` (in this process when 1), longest studies first."""
+    if workers <= 1:
+        outs = []
+        for job in jobs:
+            outs.append(run_job(job))
+            log(_line(outs[-1]))
+        return outs
+    ctx = mp.get_context("spawn")
+    outs: list[Outcome] = []
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+        for fut in cf.as_completed([pool.submit(run_job, j) for j in jobs]):
+            outs.append(fut.result())
+            log(_line(outs[-1]))
+    return outs
+
+
+def _line(o: Outcome) -> str:
+    j = o.job
+    tail = f"  FAILED {o.error}" if o.error else ""
+    return f"  {j.method:5s} {j.arm:11s} seed {j.seed}: acc {o.acc:.3f} nmi {o.nmi:.3f} ({o.seconds:.0f} s){tail}"
+
+
+# ---------------------------------------------------------------------------------------------- plan
+def data_config(spec: str, image_size: int | None, subsample: int | None) -> dict[str, Any]:
+    """``--data``: a registry name, or a path to an .npz/.npy/.pkl file."""
+    from tuneclust.data.registry import DATASETS
+
+    if spec in DATASETS:
+        data: dict[str, Any] = {"name": spec}
+    elif Path(spec).suffix in (".npz", ".npy", ".pkl") or Path(spec).exists():
+        data = {"name": "npz", "root": str(Path(spec).expanduser())}
+    else:
+        raise SystemExit(
+            f"fidelity.py: --data {spec!r}: expected a registry name {sorted(DATASETS)} or a file path"
+        )
+    if image_size:
+        data["image_size"] = image_size
+    if subsample:
+        data["subsample"] = subsample
+    return data
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--set METHOD.KEY=VALUE`` (VALUE parsed as YAML) -> {method: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or method not in STUDIES:
+            raise SystemExit(
+                f"fidelity.py: --set {item!r}: expected METHOD.KEY=VALUE with METHOD in {sorted(STUDIES)}"
+            )
+        out.setdefault(method, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def build_jobs(args: argparse.Namespace) -> list[Job]:
+    """Every (method, arm, seed) trial of the selected studies, biggest budgets first."""
+    sets = parse_sets(args.set)
+    data = data_config(args.data, args.image_size, args.subsample)
+    jobs = []
+    for name in args.methods:
+        st = STUDIES[name]
+        if args.quick:
+            epochs, cfg = st.quick_epochs, {**st.config, **st.quick}
+        else:
+            epochs = args.epochs or max(1, round(st.epochs * args.scale))
+            cfg = {**st.config, **(st.budget(epochs) if st.budget else {})}
+        cfg.update(sets.get(name, {}))
+        for arm, over in st.arms.items():
+            if args.arms and arm not in args.arms:
+                continue
+            for seed in range(args.seeds):
+                jobs.append(Job(name, arm, seed, {**cfg, **over}, data, epochs))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _fmt(values: Sequence[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return "n/a"
+    return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+
+
+def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
+    """Markdown: per arm mean ± std of ACC/NMI; per claim the paired gaps, CIs and verdicts."""
+    by: dict[tuple[str, str], dict[int, Outcome]] = {}
+    for o in outcomes:
+        by.setdefault((o.job.method, o.job.arm), {})[o.job.seed] = o
+    arm_rows = [
+        "| method | arm | seeds | ACC mean ± std | NMI mean ± std | failed | s/trial |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    claim_rows = [
+        "| method | claim | metric | pairs | gap mean | 95% CI | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in methods:
+        st = STUDIES[name]
+        for arm in st.arms:
+            runs = by.get((name, arm), {})
+            if not runs:
+                continue
+            accs = [o.acc for o in runs.values()]
+            nmis = [o.nmi for o in runs.values()]
+            secs = np.mean([o.seconds for o in runs.values()]) if runs else math.nan
+            failed = sum(bool(o.error) for o in runs.values())
+            arm_rows.append(
+                f"| {name} | {arm} | {len(runs)} | {_fmt(accs)} | {_fmt(nmis)} | {failed} | {secs:.0f} |"
+            )
+        for claim in st.claims:
+            b, w = by.get((name, claim.better), {}), by.get((name, claim.worse), {})
+            seeds = sorted(set(b) & set(w))
+            if not seeds:
+                continue
+            for metric in METRICS:
+                g = paired_gap([getattr(b[s], metric) for s in seeds], [getattr(w[s], metric) for s in seeds])
+                claim_rows.append(
+                    f"| {name} | {claim.better} > {claim.worse} | {metric.upper()} | {g.n} | {g.mean:+.3f} "
+                    f"| [{g.low:+.3f}, {g.high:+.3f}] | {g.verdict} |"
+                )
+    return "\n".join(arm_rows) + "\n\n" + "\n".join(claim_rows) + "\n"
+
+
+def machine() -> str:
+    """One line describing where the benchmark ran."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def record(text: str, args: argparse.Namespace, wall: float) -> None:
+    """Append a section with the tables, machine, date and command to benchmarks/RESULTS.md."""
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = "python benchmarks/fidelity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    section = (
+        f"\n## Fidelity: {', '.join(args.methods)} on {args.data} ({when})\n\n"
+        f"- Machine: {machine()}; {args.workers} worker processes, 1 torch thread each.\n"
+        f"- Command: `{cmd}`\n- Wall time: {wall / 60:.1f} min.\n\n{text}"
+    )
+    with RESULTS.open("a") as f:
+        f.write(section)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument(
+        "--methods", nargs="+", choices=sorted(STUDIES), default=list(STUDIES), help="studies to run"
+    )
+    p.add_argument(
+        "--data", default="digits", help="registry dataset name or .npz/.npy/.pkl path (default digits)"
+    )
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
+    p.add_argument("--subsample", type=int, default=None, help="keep a seeded subset of this many samples")
+    p.add_argument(
+        "--arms", nargs="+", default=None, help="run only these arms (claims need both of their arms)"
+    )
+    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default 5; --quick 2)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs of every selected study (replaces the default)"
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every study's default epochs (GPU runs)"
+    )
+    p.add_argument("--workers", type=int, default=2, help="trial processes (1 torch thread each; default 2)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="override a config key of one study",
+    )
+    p.add_argument("--quick", action="store_true", help="CI: 2 seeds, tiny budget, 400 samples")
+    p.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    args = p.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 2 if args.quick else 5
+    if args.quick and args.subsample is None:
+        args.subsample = 400
+    if args.seeds < 1 or args.workers < 1 or args.scale <= 0 or (args.epochs is not None and args.epochs < 1):
+        p.error("--seeds, --workers and --epochs must be >= 1 and --scale > 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    jobs = build_jobs(args)
+    print(
+        f"fidelity: {len(jobs)} trials ({', '.join(args.methods)}), {args.seeds} seeds, {args.workers} workers",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    outcomes = run_jobs(jobs, args.workers, lambda s: print(s, flush=True))
+    wall = time.perf_counter() - t0
+    text = tables(outcomes, args.methods)
+    print(f"\n{text}\nwall time {wall / 60:.1f} min")
+    if args.record:
+        record(text, args, wall)
+        print(f"recorded in {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
