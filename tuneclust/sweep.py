@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tuneclust import tracking
+from tuneclust import progress, tracking
 from tuneclust.data.registry import DataError, prepare_data
 from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
@@ -248,8 +248,14 @@ def run_sweep(
                 f"{out} already holds results: pass --resume to continue it, or --overwrite to start over"
             )
     _prepare_data(spec)
+    progress.silence_ray(verbose)
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=verbose >= progress.RAY_REPORTER,
+            logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
+        )
     if spec.resources.gpu > 0 and not ray.cluster_resources().get("GPU", 0) and address is None:
         raise SweepError(
             "resources.gpu: the spec asks for GPUs but this machine has none; use --smoke, or --set resources.gpu=0"
@@ -257,7 +263,7 @@ def run_sweep(
     if overwrite and not resume and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    spec_text = yaml.safe_dump(stored_spec(spec, storage), sort_keys=False)
     if not resume:
         (out / "spec.yaml").write_text(spec_text)
     mlflow_uri = None
@@ -292,11 +298,27 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
                 # PBT clones a donor's latest checkpoint while the donor goes on reporting: keep a few
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=PBT_CHECKPOINTS if pbt_keys(spec) else 1),
-                callbacks=[TrackingCallback(spec, out, spec_text, mlflow_uri)],
-                verbose=verbose,
+                callbacks=[TrackingCallback(spec, out, spec_text, mlflow_uri), *_reporter(spec, verbose)],
+                verbose=1 if verbose >= progress.RAY_REPORTER else 0,
             ),
         )
     return tuner.fit()
+
+
+def stored_spec(spec: Spec, storage: str | None) -> dict[str, Any]:
+    """The spec as stored beside the results: with the storage the sweep actually used (``--storage``)."""
+    data = spec.model_dump(mode="json")
+    if storage:
+        data["storage"] = storage
+    return data
+
+
+def _reporter(spec: Spec, verbose: int) -> list[tune.Callback]:
+    """The progress line (default verbosity); none when quiet or when Ray's own reporter prints."""
+    if verbose != progress.PROGRESS:
+        return []
+    total = spec.num_trials()
+    return [progress.ProgressCallback(total, spec.budget.epochs, spec.objective.metric, spec.mode)]
 
 
 def _prepare_data(spec: Spec) -> None:
