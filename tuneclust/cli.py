@@ -148,7 +148,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tuneclust.spec import SpecError, load_spec
 
     try:
-        spec = _load(args.spec, args.overrides, args.smoke)
+        spec = with_header_description(_load(args.spec, args.overrides, args.smoke), args.spec)
         if args.resume:
             from tuneclust.sweep import sweep_dir
 
@@ -186,6 +186,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if ui:
         print(f"MLflow:  {ui}   (then open http://127.0.0.1:5000)")
     return 0 if any(statuses) else 1
+
+
+def with_header_description(spec, path: str):
+    """The spec with ``description`` set from its file's opening comment (the study and the paper it
+    reproduces) when it has none: MLflow shows it on the sweep's run."""
+    if spec.description:
+        return spec
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.removeprefix("#").strip())
+    text = " ".join(ln for ln in lines if ln)
+    return spec.model_copy(update={"description": text}) if text else spec
 
 
 def mlflow_ui_command(spec) -> str | None:

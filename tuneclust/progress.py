@@ -104,7 +104,9 @@ class Progress:
         self.running[trial_id] = int(epoch or 0)
         value = result.get(self.metric)
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+            better = self.best is None or (
+                value > self.best[0] if self.mode == "max" else value < self.best[0]
+            )
             if better:
                 self.best = (float(value), self.labels.get(trial_id, trial_id))
 

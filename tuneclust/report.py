@@ -23,6 +23,53 @@ import yaml
 from tuneclust.metrics import metric_mode
 
 CONFIG = "config."
+METRIC_NAMES = {"acc": "ACC", "nmi": "NMI", "ari": "ARI", "silhouette": "silhouette", "loss": "loss"}
+PREFIX_NAMES = {
+    "final.": "{} (last evaluation)",
+    "best_label_selected.": "{} (best evaluation, chosen with labels)",
+    "best.": "{} (best evaluation)",
+}
+
+
+def readable(column: str) -> str:
+    """An axis or column name for a reader: ``final.acc`` -> ``ACC (last evaluation)``, ``config.tau`` ->
+    ``tau``, ``data.r_min`` -> ``r_min``; anything else unchanged."""
+    for prefix, form in PREFIX_NAMES.items():
+        if column.startswith(prefix):
+            name = column.removeprefix(prefix)
+            return form.format(METRIC_NAMES.get(name, name))
+    if column.startswith((CONFIG, "data.")):
+        return column.split(".", 1)[1]
+    return METRIC_NAMES.get(column, column)
+
+
+def statistic(df: pd.DataFrame, by: Sequence[str]) -> str:
+    """What an error bar over the rows of each group of ``by`` shows: ``mean ± std over 3 seeds`` (or ``over
+    2-3 trials`` when groups differ in size, ``trials`` when the rows are not all different seeds)."""
+    sizes = df.groupby(list(by), dropna=False).size() if by else pd.Series([len(df)])
+    lo, hi = (int(sizes.min()), int(sizes.max())) if len(sizes) else (0, 0)
+    seeds = (
+        f"{CONFIG}seed" in df
+        and (df.groupby(list(by), dropna=False)[f"{CONFIG}seed"].nunique() == sizes).all()
+    )
+    unit = "seeds" if seeds else "trials"
+    return f"mean ± std over {lo} {unit}" if lo == hi else f"mean ± std over {lo}-{hi} {unit}"
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
+    """``df`` as a GitHub Markdown table (no dependency): floats with ``digits`` significant digits, NaN empty,
+    ``|`` escaped."""
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        text = f"{v:.{digits}g}" if isinstance(v, float | np.floating) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def load_results(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -161,13 +208,25 @@ def pyplot():
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Tight layout, write ``path`` (PNG, 120 dpi; its folder is created), close the figure; returns ``path``."""
+    """Tight layout, write ``path`` (PNG, 150 dpi; its folder is created) and the same figure as vector SVG beside
+    it (``.svg``, for a paper), close the figure; returns ``path``."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=150)
+    fig.savefig(path.with_suffix(".svg"))
     pyplot().close(fig)
     return path
+
+
+def mark_value(ax: Any, x: Any = None, y: Any = None, label: str = "paper", xs: Sequence[Any] = ()) -> None:
+    """Mark the paper's value on ``ax``: a dotted vertical line at ``x`` (a chosen setting; a non-numeric ``x``
+    is placed at its index in ``xs``) and/or a dashed horizontal line at ``y`` (a reported score)."""
+    if x is not None:
+        pos = list(xs).index(x) if xs and not isinstance(x, int | float) and x in list(xs) else x
+        ax.axvline(pos, color="grey", ls=":", lw=1.2, label=label)
+    if y is not None:
+        ax.axhline(y, color="k", ls="--", lw=1, label=label if x is None else f"{label} (score)")
 
 
 def errorbar_vs_param(ax: Any, df: pd.DataFrame, param: str, metric: str, label: str | None = None) -> None:
@@ -183,21 +242,42 @@ def errorbar_vs_param(ax: Any, df: pd.DataFrame, param: str, metric: str, label:
 
 
 def plot_metric_vs_param(
-    df: pd.DataFrame, param: str, metric: str, path: str | Path, hue: str | None = None, logx: bool = False
+    df: pd.DataFrame,
+    param: str,
+    metric: str,
+    path: str | Path,
+    hue: str | None = None,
+    logx: bool = False,
+    *,
+    mark_x: Any = None,
+    mark_y: float | None = None,
+    mark_label: str = "paper",
+    title: str | None = None,
 ) -> Path:
-    """Line plot of ``metric`` (mean ± std over the other dimensions, e.g. seeds) against ``param``."""
+    """Line plot of ``metric`` (mean ± std over the other dimensions, e.g. seeds) against ``param``; the legend
+    names the statistic; ``mark_x``/``mark_y`` mark the paper's chosen setting / reported value."""
     fig, ax = pyplot().subplots(figsize=(5, 3.5))
     groups = [(None, df)] if hue is None else list(df.groupby(hue, dropna=False))
     for name, sub in groups:
-        errorbar_vs_param(ax, sub, param, metric, label=None if hue is None else str(name))
+        errorbar_vs_param(ax, sub, param, metric, label=metric_label(metric) if hue is None else str(name))
     if logx and pd.api.types.is_numeric_dtype(df[param]) and (df[param] > 0).all():
         ax.set_xscale("log")
-    ax.set_xlabel(param.removeprefix(CONFIG))
-    ax.set_ylabel(metric)
-    if hue is not None:
-        ax.legend(title=hue.removeprefix(CONFIG), fontsize=8)
+    mark_value(ax, mark_x, mark_y, mark_label)
+    ax.set_xlabel(readable(param))
+    ax.set_ylabel(readable(metric))
+    if title:
+        ax.set_title(title, fontsize=10)
+    by = [param] if hue is None else [hue, param]
+    legend_title = statistic(df, by) if hue is None else f"{readable(hue)}; {statistic(df, by)}"
+    ax.legend(title=legend_title, fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
+
+
+def metric_label(column: str) -> str:
+    """A metric's short name for a legend: ``final.acc`` -> ``ACC``."""
+    name = column.split(".")[-1]
+    return METRIC_NAMES.get(name, name)
 
 
 def plot_metrics_panels(
@@ -228,11 +308,11 @@ def plot_metrics_panels(
                 errorbar_vs_param(ax, sub, param, metric, label=metric.removeprefix("final.").upper())
         if marks and name in marks:
             ax.axvline(marks[name], color="grey", ls=":", label=mark_label)
-        ax.set(title=title.format(name), xlabel=xlabel or param.removeprefix(CONFIG), ylabel=ylabel)
+        ax.set(title=title.format(name), xlabel=xlabel or readable(param), ylabel=ylabel)
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(title=statistic(sub, [param]), fontsize=8, title_fontsize=8)
     return save_figure(fig, path)
 
 
@@ -258,18 +338,10 @@ def write_table(df: pd.DataFrame, path_stem: str | Path) -> list[Path]:
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".tex")]
-    paths[0].write_text(df.to_markdown(index=False) if _has_tabulate() else df.to_string(index=False))
+    paths[0].write_text(markdown_table(df))
     df.to_csv(paths[1], index=False)
     paths[2].write_text(_latex(df))
     return paths
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _latex(df: pd.DataFrame) -> str:
@@ -343,13 +415,41 @@ def write_report(
             and done[p].min() > 0
             and done[p].max() / done[p].min() >= 100
         )
-        written.append(
-            plot_metric_vs_param(done, p, col, out / f"{metric}_vs_{p.removeprefix(CONFIG)}.png", hue, logx)
-        )
+        png = plot_metric_vs_param(done, p, col, out / f"{metric}_vs_{readable(p)}.png", hue, logx)
+        written += [png, png.with_suffix(".svg")]
     if done["arm"].nunique() > 1:
         cols = [c for c in ("final.acc", "final.nmi", "final.ari", col) if c in done]
         written += write_table(ablation_table(done, list(dict.fromkeys(cols))), out / "ablation")
     return written
+
+
+def trial_figures(rows: list[dict[str, Any]], metric: str, out: Path, name: str) -> list[Path]:
+    """A trial's learning curves from its ``epochs.parquet`` rows (drawn in the driver from the tables, not from
+    the trial): the objective and the label metrics against the epoch, and the loss on a second axis. Returns
+    ``[out/<name>_curves.png]``, or nothing when the trial reported fewer than one evaluation."""
+    df = pd.DataFrame(rows)
+    if df.empty or "epoch" not in df:
+        return []
+    df = df.sort_values("epoch")
+    scores = [m for m in dict.fromkeys([metric, "acc", "nmi", "ari"]) if m in df and m != "loss"]
+    fig, ax = pyplot().subplots(figsize=(4.5, 3))
+    for m in scores:
+        ax.plot(df["epoch"], df[m], marker="o", ms=3, label=metric_label(m))
+    ax.set(xlabel="epoch", ylabel="score")
+    if "loss" in df:
+        ax2 = ax.twinx()
+        ax2.plot(df["epoch"], df["loss"], color="grey", ls="--", lw=1, label="loss (right axis)")
+        ax2.set_ylabel("loss")
+        ax2.legend(loc="lower right", fontsize=7)
+    if scores:
+        ax.legend(loc="upper left", fontsize=7, title="per evaluation", title_fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / f"{name}_curves.png"
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return [path]
 
 
 def sibling_script(script: str | Path, name: str) -> ModuleType:

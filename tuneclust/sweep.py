@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ray import tune
 
-from tuneclust import progress, tracking
+from tuneclust import progress, report, tracking
 from tuneclust.data.registry import DataError, prepare_data
 from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
@@ -132,7 +133,14 @@ class TrackingCallback(tune.Callback):
             }
             experiment = spec.tracking.mlflow.experiment or spec.name
             self._live["mlflow"] = tracking.MlflowTracker(
-                self.mlflow_uri, experiment, self.sweep_dir, self.spec_text, tags, resume
+                self.mlflow_uri,
+                experiment,
+                self.sweep_dir,
+                self.spec_text,
+                tags,
+                resume,
+                params=sweep_params(spec),
+                note=sweep_note(spec),
             )
 
     @property
@@ -154,11 +162,7 @@ class TrackingCallback(tune.Callback):
         mlf = self._live.get("mlflow")
         if mlf is not None:
             seed = ident.get("config.seed", "")
-            point = {k: v for k, v in trial.config.items() if k != "arm"}
-            name = (
-                "_".join([ident["arm"]] * bool(ident["arm"]) + [f"{k}={v}" for k, v in point.items()])
-                or trial.trial_id
-            )
+            name = progress.trial_label(dict(trial.config)) or trial.trial_id
             tags = {
                 "method": self.spec.method,
                 "dataset": ident["data.name"],
@@ -194,6 +198,10 @@ class TrackingCallback(tune.Callback):
         self.tables.finish(trial.trial_id, ident, status, error, wall)
         mlf = self._live.get("mlflow")
         if mlf is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows = self.tables.epochs.get(trial.trial_id, [])
+                figures = report.trial_figures(rows, self.spec.objective.metric, Path(tmp), trial.trial_id)
+                mlf.trial_summary(trial.trial_id, figures)
             mlf.end_trial(trial.trial_id, status, error)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -206,11 +214,43 @@ class TrackingCallback(tune.Callback):
         self.tables.flush()
         mlf = self._live.get("mlflow")
         if mlf is not None:
+            if (self.sweep_dir / tracking.TRIALS_FILE).exists():
+                files = report.write_report(self.sweep_dir)
+                mlf.sweep_summary(report.markdown_table(report.ranking(self.sweep_dir).head(20)), files)
             statuses = [t.status for t in trials]
             mlf.end(
                 {"trials": len(trials), "trials_errored": statuses.count("ERROR")},
                 "FINISHED" if statuses.count("ERROR") < len(trials) else "FAILED",
             )
+
+
+def sweep_params(spec: Spec) -> dict[str, Any]:
+    """The parent run's params: the study's fixed config (``config.<k>``), its search space (``search.<k>``),
+    arms, data, budget, searcher, scheduler and objective."""
+    params: dict[str, Any] = {f"config.{k}": v for k, v in spec.config.items()}
+    for k, d in spec.search.items():
+        params[f"search.{k}"] = f"{d.kind} {list(d.value) if isinstance(d.value, list | tuple) else d.value}"
+    if spec.ablation:
+        params["arms"] = ", ".join(spec.arms)
+    params.update({f"data.{k}": v for k, v in spec.data.model_dump().items() if v is not None})
+    params.update(
+        {
+            "budget.epochs": spec.budget.epochs,
+            "budget.eval_every": spec.budget.eval_every,
+            "searcher": spec.searcher.type,
+            "scheduler": spec.scheduler.type,
+            "objective": f"{spec.mode} {spec.objective.metric}",
+            "trials": spec.num_trials(),
+        }
+    )
+    return params
+
+
+def sweep_note(spec: Spec) -> str:
+    """The parent run's description (Markdown): the study, what it reproduces, and how it searches."""
+    head = f"**{spec.name}**: {spec.method} on {spec.data.name}, {spec.num_trials()} trials"
+    head += f" ({spec.searcher.type} search, {spec.scheduler.type} scheduler, {spec.mode} {spec.objective.metric})"
+    return f"{head}\n\n{spec.description.strip()}" if spec.description else head
 
 
 def _trial_name(trial: Any) -> str:
