@@ -259,9 +259,3 @@ def test_analysis_cli_help_is_the_first_docstring_line(capsys):
         report.analysis_cli("\nFirst line.\nSecond line.\n", _recorder([], []), ["--help"])
     text = capsys.readouterr().out
     assert "First line." in text and "Second line." not in text and "--out" in text
-
-
-def test_sibling_script_loads_the_file_beside_the_caller(tmp_path):
-    (tmp_path / "one.py").write_text("")
-    (tmp_path / "two.py").write_text("VALUE = 42\n")
-    assert report.sibling_script(tmp_path / "one.py", "two").VALUE == 42
