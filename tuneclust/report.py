@@ -55,7 +55,7 @@ def statistic(df: pd.DataFrame, by: Sequence[str]) -> str:
         f"{CONFIG}seed" in df
         and (df.groupby(list(by), dropna=False)[f"{CONFIG}seed"].nunique() == sizes).all()
     )
-    unit = "seeds" if seeds else "trials"
+    unit = ("seed" if seeds else "trial") + ("s" if hi != 1 else "")
     return f"mean ± std over {lo} {unit}" if lo == hi else f"mean ± std over {lo}-{hi} {unit}"
 
 
