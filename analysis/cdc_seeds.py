@@ -95,7 +95,8 @@ def fig5(seeds: pd.DataFrame, path: Path) -> Path:
     for i, n in enumerate(names, start=1):
         v = PAPER.score("mean", n, "ACC")
         if v is not None:
-            ax.plot([i - 0.3, i + 0.3], [100 * v] * 2, "k--", lw=1.2, label="paper: mean ACC")
+            label = None if ax.get_legend_handles_labels()[0] else f"paper: mean ACC ({PAPER.source})"
+            ax.plot([i - 0.3, i + 0.3], [100 * v] * 2, "k--", lw=1.2, label=label)
     ax.set_ylabel("ACC, last evaluation (%)")
     ax.set_title(f"CDC Fig. 5: ACC over {statistic(seeds, ['dataset']).split(' over ')[1]}", fontsize=9)
     ax.text(0.01, 0.01, "box: quartiles and median; triangle: mean; dots: seeds", transform=ax.transAxes,

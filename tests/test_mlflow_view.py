@@ -171,3 +171,15 @@ def test_quickstart_prints_at_most_40_lines(tmp_path):
     assert out[-1].startswith("MLflow:  mlflow ui --backend-store-uri sqlite:///")
     assert any(ln.startswith("[") and "8/8 done" in ln for ln in out)
     assert Path(tmp_path / "runs" / "quickstart" / "trials.parquet").exists()
+
+
+def test_help_is_written_for_users(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "Hyperparameter studies of deep-clustering methods" in text and "examples:" in text
+    assert "wiring only" not in text
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = capsys.readouterr().out
+    assert "--verbose" in text and "--quiet" in text
