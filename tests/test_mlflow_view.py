@@ -17,7 +17,7 @@ import yaml
 from conftest import ROOT
 
 from tuneclust.cli import main
-from tuneclust.progress import Progress, duration, trial_label
+from tuneclust.progress import Progress, ProgressCallback, duration, trial_label
 from tuneclust.tracking import BOOKKEEPING, EXPERIMENT_KIND, NOTE
 
 SPEC = """# A tiny study for the view tests (Smith & Doe, Journal 2031, Table 9): ID against IDFD over tau.
@@ -183,3 +183,46 @@ def test_help_is_written_for_users(capsys):
         main(["sweep", "--help"])
     text = capsys.readouterr().out
     assert "--verbose" in text and "--quiet" in text
+
+
+class _Trial:
+    def __init__(self, trial_id: str, config: dict) -> None:
+        self.trial_id, self.config = trial_id, config
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.text, self.tty = "", tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_callback_rewrites_on_a_terminal_and_appends_otherwise(tty, monkeypatch):
+    stream = _Stream(tty)
+    monkeypatch.setattr(sys, "stdout", stream)
+    cb = ProgressCallback(total=2, epochs=2, metric="acc", mode="max", interval_s=3600)
+    cb.setup()
+    a, b = _Trial("a", {"tau": 1.0}), _Trial("b", {"tau": 2.0})
+    cb.on_trial_start(0, [], a)
+    cb.on_trial_start(0, [], b)
+    cb.on_trial_result(0, [], a, {"epoch": 1, "acc": 0.5})
+    cb.on_step_end(0, [])  # not due: nothing new off a terminal
+    cb.on_trial_complete(0, [], a)
+    cb.on_trial_complete(0, [], b)
+    cb.on_experiment_end([])
+    if tty:  # one line, rewritten in place, ended by a newline
+        assert stream.text.count("\n") == 1 and stream.text.endswith("\n") and stream.text.count("\r") >= 3
+        assert "2/2 done" in stream.text.rsplit("\r", 1)[-1]
+    else:  # the first line, then one per trial end; the same final state not repeated
+        lines = stream.text.splitlines()
+        assert len(lines) == 3 and "\r" not in stream.text and "0/2 done · 1 running · 1 pending" in lines[0]
+        assert "1/2 done · 1 running · 0 pending" in lines[1] and "best acc 0.5000 (tau=1)" in lines[1]
+        assert "2/2 done · 0 running" in lines[2]

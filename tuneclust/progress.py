@@ -152,7 +152,7 @@ class ProgressCallback(tune.Callback):
         self.total, self.epochs, self.metric, self.mode = total, epochs, metric, mode
         self.interval_s, self.redraw_s = interval_s, redraw_s
         self.state = Progress(total, epochs, metric, mode)
-        self._last = 0.0
+        self._last = float("-inf")  # the first line is always due
         self._width = 0
         self._text = ""
 
@@ -165,7 +165,7 @@ class ProgressCallback(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         self.state = Progress(self.total, self.epochs, self.metric, self.mode)
-        self._last, self._text = 0.0, ""
+        self._last, self._text = float("-inf"), ""
 
     def show(self, force: bool = False) -> None:
         """Print the line if it is due (``force``: now): rewritten in place on a terminal, appended otherwise."""
