@@ -256,9 +256,11 @@ def plot_metric_vs_param(
     mark_y: float | None = None,
     mark_label: str = "paper",
     title: str | None = None,
+    stat: str | None = None,
 ) -> Path:
     """Line plot of ``metric`` (mean ± std over the other dimensions, e.g. seeds) against ``param``; the legend
-    names the statistic; ``mark_x``/``mark_y`` mark the paper's chosen setting / reported value."""
+    names the statistic (``stat``, default :func:`statistic` of the rows); ``mark_x``/``mark_y`` mark the
+    paper's chosen setting / reported value."""
     fig, ax = pyplot().subplots(figsize=(5, 3.5))
     groups = [(None, df)] if hue is None else list(df.groupby(hue, dropna=False))
     for name, sub in groups:
@@ -271,7 +273,8 @@ def plot_metric_vs_param(
     if title:
         ax.set_title(title, fontsize=10)
     by = [param] if hue is None else [hue, param]
-    legend_title = statistic(df, by) if hue is None else f"{readable(hue)}; {statistic(df, by)}"
+    stat = stat or statistic(df, by)
+    legend_title = stat if hue is None else f"{readable(hue)}; {stat}"
     ax.legend(title=legend_title, fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
@@ -675,6 +678,7 @@ def window_study(sweep_dir: Path, out: Path, param: str, stem: str, paper: Paper
     png = plot_metric_vs_param(
         win, col, "acc", out / f"{stem}.png", hue=hue, logx=True,
         mark_x=paper.choice.get(param), mark_label=f"paper's choice ({paper.source})", title=title,
+        stat=f"mean ± std of the final-window evaluations of {win['trial_id'].nunique()} trials",
     )  # fmt: skip
     return [*written, png, png.with_suffix(".svg")]
 
