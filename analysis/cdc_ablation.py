@@ -6,7 +6,9 @@ AE* + L_c + L_a, AE* + L_DC (fine-tuned, argmax q). Writes:
   with std, the number of trials and, for the fine-tuned arms, the same trials' ACC at the end of pre-training
   (their evaluation with phase 1 and finetune_iter 0: the AE* they start from) and the gain over it;
 - ``table3_detail``: mean ± std of final ACC/NMI/ARI and of the label-selected best ACC (an oracle, marked);
-- ``table3_paper``: the paper's Table 3 for the four datasets, for comparison.
+- ``table3_paper``: the paper's Table 3 for the four datasets, for comparison;
+- ``table3_acc.png``/``.svg``: final ACC per arm (mean ± std over seeds), the paper's value marked where the
+  dataset is one of the paper's columns.
 
 Usage: python analysis/cdc_ablation.py SWEEP_DIR [--out DIR]  (default DIR: SWEEP_DIR/analysis)
 """
@@ -17,7 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import ablation_table, analysis_cli, load_results, sort_in_order, write_table
+from tuneclust.report import (
+    Paper,
+    ablation_table,
+    analysis_cli,
+    arm_order,
+    bar_chart,
+    finished_or_exit,
+    load_epochs,
+    sort_in_order,
+    write_table,
+)
 
 ARMS = {
     "AE_Lr": "AE + L_r",
@@ -26,16 +38,22 @@ ARMS = {
     "AEs_Lc_La": "AE* + L_c + L_a",
     "AEs_LDC": "AE* + L_DC",
 }
-PAPER = pd.DataFrame(  # Table 3 of the paper: ACC (NMI) in %
+PAPER = Paper(
+    "Trinh & Pham, Table 3",
+    ("ACC", "NMI"),
     {
-        "dataset": ["Reuters-10K", "Fashion-MNIST", "STL-10", "CIFAR-10"],
-        "AE + L_r": ["75.2 (51.2)", "56.4 (59.0)", "75.4 (68.5)", "75.5 (62.4)"],
-        "AE + L_AE": ["79.5 (54.9)", "60.1 (58.1)", "86.3 (78.0)", "75.6 (62.7)"],
-        "AE* + L_c": ["77.8 (58.5)", "61.1 (64.0)", "95.0 (90.2)", "78.4 (67.1)"],
-        "AE* + L_c + L_a": ["81.5 (60.7)", "63.1 (64.3)", "95.7 (91.3)", "79.1 (68.5)"],
-        "AE* + L_DC": ["82.6 (60.7)", "64.9 (64.5)", "96.3 (91.8)", "79.2 (68.5)"],
-    }
-)
+        "AE + L_r": {"Reuters-10K": (.752, .512), "Fashion-MNIST": (.564, .590), "STL-10": (.754, .685),
+                     "CIFAR-10": (.755, .624)},
+        "AE + L_AE": {"Reuters-10K": (.795, .549), "Fashion-MNIST": (.601, .581), "STL-10": (.863, .780),
+                      "CIFAR-10": (.756, .627)},
+        "AE* + L_c": {"Reuters-10K": (.778, .585), "Fashion-MNIST": (.611, .640), "STL-10": (.950, .902),
+                      "CIFAR-10": (.784, .671)},
+        "AE* + L_c + L_a": {"Reuters-10K": (.815, .607), "Fashion-MNIST": (.631, .643), "STL-10": (.957, .913),
+                            "CIFAR-10": (.791, .685)},
+        "AE* + L_DC": {"Reuters-10K": (.826, .607), "Fashion-MNIST": (.649, .645), "STL-10": (.963, .918),
+                       "CIFAR-10": (.792, .685)},
+    },
+)  # fmt: skip
 
 
 def pretrained_scores(epochs: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +66,7 @@ def pretrained_scores(epochs: pd.DataFrame) -> pd.DataFrame:
     return at[["trial_id", "arm", "acc", "nmi"]].rename(columns={"acc": "pre_acc", "nmi": "pre_nmi"})
 
 
-def table3(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+def table3(trials: pd.DataFrame, epochs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """One row per arm in the paper's order: ACC (NMI) %, std, trials, pre-trained ACC and gain."""
     pre = pretrained_scores(epochs)
     df = trials.merge(pre[["trial_id", "pre_acc"]], on="trial_id", how="left")
@@ -67,27 +85,24 @@ def table3(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
                 "gain ACC %": round((acc - pre_acc).mean(), 1) if pre_acc.notna().any() else float("nan"),
             }
         )
-    return sort_in_order(pd.DataFrame(rows), "arm", list(ARMS))
+    return sort_in_order(pd.DataFrame(rows), "arm", order)
 
 
 def study(sweep_dirs: list[Path], out: Path) -> list[Path]:
-    (sweep_dir,) = sweep_dirs
-    trials, epochs = load_results(sweep_dir)
-    if "final.acc" not in trials:
-        trials = trials.iloc[0:0]
-    else:  # evaluated and not errored
-        trials = trials[trials["final.acc"].notna() & (trials["status"] == "TERMINATED")]
-    if trials.empty:
-        raise SystemExit(f"{sweep_dir}: no trial with a final ACC")
-    written = write_table(table3(trials, epochs), out / "table3")
+    trials, epochs = finished_or_exit(sweep_dirs), load_epochs(sweep_dirs)
+    order = arm_order(sweep_dirs)
+    written = write_table(table3(trials, epochs, order), out / "table3")
     metrics = [c for c in ("final.acc", "final.nmi", "final.ari", "best_label_selected.acc") if c in trials]
-    detail = ablation_table(trials, metrics, arm_order=list(ARMS))
+    detail = ablation_table(trials, metrics, arm_order=order)
     detail.insert(1, "row", detail["arm"].map(lambda a: ARMS.get(a, a)))
     detail = detail.rename(
         columns={"best_label_selected.acc": "best_label_selected.acc (oracle: uses labels)"}
     )
     written += write_table(detail, out / "table3_detail")
-    return written + write_table(PAPER, out / "table3_paper")
+    paper = Paper(PAPER.source, PAPER.metrics, {a: PAPER.scores[ARMS[a]] for a in ARMS})
+    png = bar_chart(trials, "arm", "final.acc", out / "table3_acc.png", order=order, paper=paper,
+                    title="CDC Table 3: final ACC per arm")  # fmt: skip
+    return [*written, *write_table(PAPER.table("arm"), out / "table3_paper"), png, png.with_suffix(".svg")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from tuneclust.report import (
+    Paper,
     analysis_cli,
-    load_results,
+    finished_or_exit,
     plot_metric_vs_param,
     pyplot,
     save_figure,
@@ -33,13 +34,8 @@ from tuneclust.report import (
 
 WEIGHTS = ["eta", "beta", "lam"]
 ACC = "final.acc"
-
-
-def finished(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials with a final ACC (errored trials dropped)."""
-    if ACC not in trials:
-        raise SystemExit("trials.parquet has no final.acc column: no trial was evaluated")
-    return trials[trials[ACC].notna() & (trials["status"] == "TERMINATED")].copy()
+PAPER = Paper("Trinh & Pham, Sec. 4.4", choice={"eta": 0.75, "beta": 1e-3, "lam": 1e-3})
+"""The winning cell the paper names (lambda 1e-6 on CIFAR-10); it reports no per-cell scores."""
 
 
 def best_cells(trials: pd.DataFrame, n: int = 10) -> pd.DataFrame:
@@ -84,14 +80,19 @@ def heatmaps(trials: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_ylabel(a)
         for (i, j), v in pd.DataFrame(grid.to_numpy()).stack().items():
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
-        fig.colorbar(im, ax=ax, label="final ACC (mean)")
-    fig.suptitle("CDC: final ACC over the loss weights (mean over the third weight and seeds)")
-    return [*written, save_figure(fig, out / "grid_acc_heatmaps.png")]
+        fig.colorbar(im, ax=ax, label="ACC, last evaluation (mean)")
+        if PAPER.choice[a] in grid.index and PAPER.choice[b] in grid.columns:  # the paper's cell, boxed
+            i, j = list(grid.index).index(PAPER.choice[a]), list(grid.columns).index(PAPER.choice[b])
+            ax.add_patch(pyplot().Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="r", lw=2))
+    fig.suptitle(
+        "CDC: final ACC over the loss weights (mean over the third weight and seeds; red box: the paper's choice)"
+    )
+    png = save_figure(fig, out / "grid_acc_heatmaps.png")
+    return [*written, png, png.with_suffix(".svg")]
 
 
 def study(sweep_dirs: list[Path], out: Path) -> list[Path]:
-    (sweep_dir,) = sweep_dirs
-    trials = finished(load_results(sweep_dir)[0])
+    trials = finished_or_exit(sweep_dirs)
     written = write_table(best_cells(trials), out / "grid_best")
     written += write_table(label_free_pick(trials), out / "grid_best_label_free")
     for w in WEIGHTS:
@@ -99,7 +100,11 @@ def study(sweep_dirs: list[Path], out: Path) -> list[Path]:
         written += write_table(
             summarize(trials, [col], ACC).rename(columns={col: w}), out / f"grid_marginal_{w}"
         )
-        written.append(plot_metric_vs_param(trials, col, ACC, out / f"grid_acc_vs_{w}.png", logx=True))
+        png = plot_metric_vs_param(
+            trials, col, ACC, out / f"grid_acc_vs_{w}.png", logx=True, mark_x=PAPER.choice[w],
+            mark_label=f"paper's choice ({PAPER.source})", title=f"CDC: ACC against {w} (other weights pooled)",
+        )  # fmt: skip
+        written += [png, png.with_suffix(".svg")]
     return written + heatmaps(trials, out)
 
 

@@ -4,7 +4,7 @@ Usage: python analysis/dccs_ablation.py <sweep_dir> [<sweep_dir> ...] [--out DIR
 (e.g. runs/dccs_ablation runs/dccs_ablation_fmnist: the CIFAR-10 and Fashion-MNIST halves).
 Writes table5_ablation.md/.csv/.tex (per arm: which losses are on, then mean ± std over seeds of ACC/NMI/ARI per
 dataset, and the paper's values where it has the dataset), table4_assignment.md/.csv/.tex (argmax zc vs k-means
-on z, zc, zs per arm and dataset, as the paper's Table 4) and fig_ablation.png (ACC per arm, a bar per dataset).
+on z, zc, zs per arm and dataset, as the paper's Table 4) and fig_ablation.png/.svg (ACC per arm, a bar per dataset, mean ± std over seeds, the paper's values marked).
 Values at the last evaluation: no selection by labels.
 """
 
@@ -15,32 +15,27 @@ from pathlib import Path
 import pandas as pd
 
 from tuneclust.report import (
+    Paper,
     ablation_table,
     analysis_cli,
+    arm_order,
+    bar_chart,
     finished_or_exit,
-    pyplot,
-    save_figure,
     sort_in_order,
-    summarize,
     write_table,
 )
 
-ARM_ORDER = ["M1", "M2", "M3", "M4"]
 METRICS = ("final.acc", "final.nmi", "final.ari")
-PAPER = {  # Table 5: (ACC, NMI, ARI)
-    "fmnist": {
-        "M1": (0.618, 0.551, 0.435),
-        "M2": (0.692, 0.621, 0.532),
-        "M3": (0.725, 0.694, 0.605),
-        "M4": (0.756, 0.704, 0.623),
+PAPER = Paper(
+    "Zhao et al. 2020, Table 5",
+    ("ACC", "NMI", "ARI"),
+    {
+        "M1": {"fmnist": (0.618, 0.551, 0.435), "cifar10": (0.213, 0.076, 0.040)},
+        "M2": {"fmnist": (0.692, 0.621, 0.532), "cifar10": (0.225, 0.085, 0.048)},
+        "M3": {"fmnist": (0.725, 0.694, 0.605), "cifar10": (0.645, 0.557, 0.463)},
+        "M4": {"fmnist": (0.756, 0.704, 0.623), "cifar10": (0.656, 0.569, 0.469)},
     },
-    "cifar10": {
-        "M1": (0.213, 0.076, 0.040),
-        "M2": (0.225, 0.085, 0.048),
-        "M3": (0.645, 0.557, 0.463),
-        "M4": (0.656, 0.569, 0.469),
-    },
-}
+)
 VIEWS = {
     "argmax zc": "final.acc",
     "k-means z": "final.kmeans_z_acc",
@@ -57,20 +52,20 @@ def losses_on(done: pd.DataFrame) -> pd.DataFrame:
     return on.rename(columns=cols).reset_index()
 
 
-def table5(done: pd.DataFrame) -> pd.DataFrame:
+def table5(done: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Arms x (losses on, then ACC/NMI/ARI mean ± std per dataset, and the paper's numbers)."""
     out = losses_on(done)
     for name, sub in done.groupby("dataset", sort=True):
-        t = ablation_table(sub, [m for m in METRICS if m in sub], arm_order=ARM_ORDER).drop(columns="trials")
+        t = ablation_table(sub, [m for m in METRICS if m in sub], arm_order=order).drop(columns="trials")
         t = t.rename(columns={m: f"{name} {m.removeprefix('final.').upper()}" for m in METRICS})
         out = out.merge(t, on="arm", how="left")
-        paper = PAPER.get(str(name), {})
-        for i, m in enumerate(("ACC", "NMI", "ARI") if paper else ()):
-            out[f"{name} {m} (paper)"] = [paper[a][i] if a in paper else None for a in out["arm"]]
-    return sort_in_order(out, "arm", ARM_ORDER)
+        if any(name in cells for cells in PAPER.scores.values()):
+            for m in PAPER.metrics:
+                out[f"{name} {m} (paper)"] = [PAPER.score(a, name, m) for a in out["arm"]]
+    return sort_in_order(out, "arm", order)
 
 
-def table4(done: pd.DataFrame) -> pd.DataFrame:
+def table4(done: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Per arm and dataset: ACC of argmax zc and of k-means on z, zc, zs (mean over seeds)."""
     rows = []
     for (name, arm), sub in done.groupby(["dataset", "arm"], sort=True):
@@ -78,34 +73,19 @@ def table4(done: pd.DataFrame) -> pd.DataFrame:
         row.update({view: round(float(sub[col].mean()), 4) for view, col in VIEWS.items() if col in sub})
         rows.append(row)
     return (
-        sort_in_order(pd.DataFrame(rows), "arm", ARM_ORDER)
+        sort_in_order(pd.DataFrame(rows), "arm", order)
         .sort_values("dataset", kind="stable")
         .reset_index(drop=True)
     )
 
 
-def plot(done: pd.DataFrame, path: Path) -> Path:
-    """Grouped bars: mean ± std ACC per arm, one bar per dataset."""
-    datasets = sorted(done["dataset"].unique())
-    arms = sort_in_order(pd.DataFrame({"arm": done["arm"].unique()}), "arm", ARM_ORDER)["arm"].tolist()
-    width = 0.8 / len(datasets)
-    fig, ax = pyplot().subplots(figsize=(1.2 * len(arms) + 2.5, 3.6))
-    for j, name in enumerate(datasets):
-        s = summarize(done[done["dataset"] == name], ["arm"], "final.acc").set_index("arm").reindex(arms)
-        xs = [i + (j - (len(datasets) - 1) / 2) * width for i in range(len(arms))]
-        ax.bar(xs, s["mean"], width, yerr=s["std"].fillna(0), capsize=3, label=name, alpha=0.85)
-    ax.set_xticks(range(len(arms)), arms)
-    ax.set(ylabel="ACC (last evaluation)", ylim=(0, 1), title="DCCS Table 5: loss ablation")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
-
-
 def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
     done = finished_or_exit(sweep_dirs)
-    written = [plot(done, out / "fig_ablation.png")]
-    written += write_table(table5(done), out / "table5_ablation")
-    return written + write_table(table4(done), out / "table4_assignment")
+    order = arm_order(sweep_dirs)
+    png = bar_chart(done, "arm", "final.acc", out / "fig_ablation.png", hue="dataset", order=order, paper=PAPER,
+                    title="DCCS Table 5: loss ablation")  # fmt: skip
+    written = [png, png.with_suffix(".svg"), *write_table(table5(done, order), out / "table5_ablation")]
+    return written + write_table(table4(done, order), out / "table4_assignment")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import analysis_cli, finished_or_exit, metrics_table, plot_metric_vs_param, write_table
+from tuneclust.report import (
+    Paper,
+    analysis_cli,
+    finished_or_exit,
+    metrics_table,
+    plot_metric_vs_param,
+    write_table,
+)
 
 PARAM = "config.margin"
+PAPER = Paper("Das et al., Sec. 4.3", choice={"shallow": 0.24, "deep": 0.3})
+"""The margin the paper uses per network (``config.arch``); it reports no curve over the margin."""
 
 
 def table(done: pd.DataFrame) -> pd.DataFrame:
@@ -25,11 +34,15 @@ def table(done: pd.DataFrame) -> pd.DataFrame:
 def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
     done = finished_or_exit(sweep_dirs, [PARAM])
     hue = "arm" if done["arm"].nunique() > 1 else None
-    written = [
-        plot_metric_vs_param(done, PARAM, m, out / f"{m.removeprefix('final.')}_vs_margin.png", hue=hue)
-        for m in ("final.acc", "final.nmi")
-        if m in done
-    ]
+    arch = done["config.arch"].iloc[0] if "config.arch" in done else "shallow"
+    written = []
+    for m in ("final.acc", "final.nmi"):
+        if m in done:
+            png = plot_metric_vs_param(
+                done, PARAM, m, out / f"{m.removeprefix('final.')}_vs_margin.png", hue=hue,
+                mark_x=PAPER.choice.get(arch), mark_label=f"paper's margin, {arch} net ({PAPER.source})",
+            )  # fmt: skip
+            written += [png, png.with_suffix(".svg")]
     return written + write_table(table(done), out / "margin")
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tuneclust.report import analysis_cli, finished_or_exit, pyplot, save_figure, write_table
+from tuneclust.report import Paper, analysis_cli, finished_or_exit, pyplot, readable, save_figure, write_table
 
 WEIGHTS = ("gamma", "omega", "beta")  # Fig. 6 (a), (b), (c)
-PAPER_CHOICE = {"beta": 0.8, "gamma": 0.01, "omega": 0.1}  # Sec. 4.4, from this study
+PAPER = Paper("Das et al., Sec. 4.4", choice={"beta": 0.8, "gamma": 0.01, "omega": 0.1})
+"""The weights the paper chose from this study (shallow network); Fig. 6 is a scatter only."""
 
 
 def plot(done: pd.DataFrame, path: Path) -> Path:
@@ -29,19 +30,22 @@ def plot(done: pd.DataFrame, path: Path) -> Path:
         ax.scatter(x, y, s=14, alpha=0.7)
         mean = y.groupby(pd.cut(x, bins, include_lowest=True), observed=True).mean()
         ax.plot([iv.mid for iv in mean.index], mean.values, "k-", lw=1, label="mean per bin")
-        ax.axvline(PAPER_CHOICE[w], color="r", ls="--", lw=1, label="paper's choice")
-        ax.set_xlabel(w)
+        ax.axvline(PAPER.choice[w], color="r", ls="--", lw=1, label="paper's choice")
+        ax.set_xlabel(f"{w} (loss weight)")
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("ACC (last evaluation)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("ICS Fig. 6: random search of the loss weights (alpha = 1)")
+    axes[0].set_ylabel(readable("final.acc"))
+    axes[0].legend(title=f"dots: {len(done)} trials", fontsize=8, title_fontsize=8)
+    fig.suptitle(
+        "ICS Fig. 6: random search of the loss weights (alpha = 1); line: mean ACC per tenth of [0, 1]"
+    )
     return save_figure(fig, path)
 
 
 def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
     done = finished_or_exit(sweep_dirs)
-    written = [plot(done, out / "fig6_acc_vs_weights.png")]
+    png = plot(done, out / "fig6_acc_vs_weights.png")
+    written = [png, png.with_suffix(".svg")]
     cols = [f"config.{w}" for w in ("beta", "gamma", "omega")] + [
         c for c in ("final.acc", "final.nmi", "final.ari") if c in done
     ]

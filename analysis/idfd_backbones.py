@@ -2,8 +2,8 @@
 
 Writes arms x backbones tables of ACC/NMI/ARI in %, mean ± std over seeds: ``table2_final`` (value at the
 last evaluation), ``table2_best_label_selected`` (best evaluation chosen WITH the labels, marked so),
-``table2_long`` (the numbers) and ``table2_paper`` (the paper's Table 2); plus ``table2_acc.png``, ACC per
-backbone and arm (mean ± std over seeds, final values).
+``table2_long`` (the numbers) and ``table2_paper`` (the paper's Table 2); plus ``table2_acc.png``/``.svg``, ACC
+per backbone and arm (mean ± std over seeds, final values, the paper's values marked).
 
 Usage: python analysis/idfd_backbones.py SWEEP_DIR [--out DIR]  (default DIR: SWEEP_DIR/analysis)
 """
@@ -12,60 +12,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from tuneclust.report import (
+    Paper,
     analysis_cli,
+    arm_order,
+    bar_chart,
     load_trials,
-    pyplot,
-    save_figure,
-    sibling_script,
-    summarize,
     write_table,
+    write_wide_tables,
 )
 
-ARMS = ["ID_tuned", "IDFD"]
 BACKBONES = ["convnet", "vgg16", "resnet18", "resnet34"]
-PAPER = pd.DataFrame(  # Table 2 of the paper, %: ACC/NMI/ARI per network
+PAPER = Paper(
+    "Tao et al. 2021, Table 2",
+    ("ACC", "NMI", "ARI"),
     {
-        "arm": ARMS,
-        "convnet": ["26.8/15.0/8.9", "42.0/32.7/23.2"],
-        "vgg16": ["39.3/31.6/20.9", "56.8/46.7/36.5"],
-        "resnet18": ["77.6/68.2/61.6", "81.5/71.1/66.3"],
-        "resnet34": ["80.2/71.1/64.6", "82.7/73.4/68.4"],
-    }
-)
-
-
-def grouped_bars(trials: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Bars of ``metric`` (mean ± std over seeds, in %) per backbone, one bar per arm."""
-    s = summarize(trials, ["config.backbone", "arm"], metric)
-    nets = [b for b in BACKBONES if b in set(s["config.backbone"])] + sorted(
-        set(s["config.backbone"]) - set(BACKBONES)
-    )
-    arms = [a for a in ARMS if a in set(s["arm"])] + sorted(set(s["arm"]) - set(ARMS))
-    width = 0.8 / len(arms)
-    fig, ax = pyplot().subplots(figsize=(5.5, 3.5))
-    for i, arm in enumerate(arms):
-        sub = s[s["arm"] == arm].set_index("config.backbone").reindex(nets)
-        xs = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(nets))]
-        ax.bar(xs, 100 * sub["mean"], width, yerr=100 * sub["std"].fillna(0), capsize=3, label=arm)
-    ax.set_xticks(range(len(nets)), nets)
-    ax.set_ylabel(f"{metric.split('.')[-1].upper()} (%)")
-    ax.set_title("ID(tuned) vs IDFD per network (Table 2)", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, path)
+        "ID_tuned": {"convnet": (.268, .150, .089), "vgg16": (.393, .316, .209), "resnet18": (.776, .682, .616),
+                     "resnet34": (.802, .711, .646)},
+        "IDFD": {"convnet": (.420, .327, .232), "vgg16": (.568, .467, .365), "resnet18": (.815, .711, .663),
+                 "resnet34": (.827, .734, .684)},
+    },
+)  # fmt: skip
 
 
 def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
     trials = load_trials(sweep_dirs)
-    written = write_table(PAPER, out / "table2_paper")
-    written += sibling_script(__file__, "idfd_ablation").write_wide_tables(
-        trials, "arm", "config.backbone", ARMS, BACKBONES, out, "table2", {"config.backbone": "backbone"}
+    arms = arm_order(sweep_dirs)
+    written = write_table(PAPER.table("arm"), out / "table2_paper")
+    written += write_wide_tables(
+        trials, "arm", "config.backbone", arms, BACKBONES, out, "table2", {"config.backbone": "backbone"}
     )
     if "final.acc" in trials:
-        written.append(grouped_bars(trials, "final.acc", out / "table2_acc.png"))
+        done = trials[trials["status"] == "TERMINATED"]
+        png = bar_chart(done, "arm", "final.acc", out / "table2_acc.png", hue="config.backbone", order=arms,
+                        paper=PAPER, title="IDFD Table 2: ID(tuned) vs IDFD per network")  # fmt: skip
+        written += [png, png.with_suffix(".svg")]
     return written
 
 

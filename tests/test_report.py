@@ -261,7 +261,70 @@ def test_analysis_cli_help_is_the_first_docstring_line(capsys):
     assert "First line." in text and "Second line." not in text and "--out" in text
 
 
-def test_sibling_script_loads_the_file_beside_the_caller(tmp_path):
-    (tmp_path / "one.py").write_text("")
-    (tmp_path / "two.py").write_text("VALUE = 42\n")
-    assert report.sibling_script(tmp_path / "one.py", "two").VALUE == 42
+# ------------------------------------------------------------------------------ paper-ready figures and tables
+def test_readable_names_and_statistic():
+    assert report.readable("final.acc") == "ACC (last evaluation)"
+    assert report.readable("best_label_selected.nmi") == "NMI (best evaluation, chosen with labels)"
+    assert (report.readable("config.tau"), report.readable("data.r_min"), report.readable("arm")) == (
+        "tau",
+        "r_min",
+        "arm",
+    )
+    df = pd.DataFrame({"p": [1, 1, 2, 2, 2], "config.seed": [0, 1, 0, 1, 2]})
+    assert report.statistic(df, ["p"]) == "mean ± std over 2-3 seeds"
+    assert report.statistic(df.assign(**{"config.seed": 0}), ["p"]) == "mean ± std over 2-3 trials"
+    assert report.statistic(df.head(1), ["p"]) == "mean ± std over 1 seed"
+
+
+def test_markdown_table_is_real_markdown():
+    df = pd.DataFrame({"a|b": ["x", "y|z"], "v": [0.123456, float("nan")], "n": [1, 2]})
+    assert (
+        report.markdown_table(df) == "| a|b | v | n |\n|---|---|---|\n| x | 0.1235 | 1 |\n| y\\|z |  | 2 |\n"
+    )
+
+
+def test_save_figure_writes_png_and_svg(tmp_path):
+    fig, ax = report.pyplot().subplots()
+    ax.plot([0, 1], [1, 0])
+    path = report.save_figure(fig, tmp_path / "f.png")
+    assert path.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_paper_one_form_scores_and_table():
+    paper = report.Paper("T. 1", ("ACC", "NMI"), {"A": {"c10": (0.5, 0.25)}}, choice={"tau": 1.0})
+    assert paper.score("A", "c10", "final.acc") == 0.5 and paper.score("A", "c10", "nmi") == 0.25
+    assert paper.score("A", "c10", "ARI") is None and paper.score("B", "c10", "ACC") is None
+    assert paper.table("arm").to_dict("records") == [
+        {"arm": "A", "c10 ACC": 50.0, "c10 NMI": 25.0, "source": "T. 1"}
+    ]
+
+
+def test_bar_chart_marks_the_paper_and_names_the_statistic(tmp_path, monkeypatch):
+    df = pd.DataFrame(
+        {
+            "arm": ["b", "b", "a", "a"],
+            "dataset": ["c10"] * 4,
+            "config.seed": [0, 1, 0, 1],
+            "final.acc": [0.4, 0.6, 0.2, 0.2],
+        }
+    )
+    paper = report.Paper("T", ("ACC",), {"a": {"c10": (0.3,)}}, choice={"arm": "b"})
+    seen, save = {}, report.save_figure
+    monkeypatch.setattr(
+        report, "save_figure", lambda fig, path: seen.setdefault("ax", fig.axes[0]) and save(fig, path)
+    )
+    report.bar_chart(df, "arm", "final.acc", tmp_path / "b.png", order=["a", "b"], paper=paper)
+    ax = seen["ax"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    assert [round(p.get_height(), 6) for p in ax.patches if p.get_width() < 0.85][:2] == [0.2, 0.5]
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["paper", "paper's setting", "ACC"]
+    assert np.asarray(handles[0].get_ydata(), float).tolist() == [0.3, 0.3]  # a's paper value, on bar a
+    assert ax.get_legend().get_title().get_text() == "mean ± std over 2 seeds"
+    assert (tmp_path / "b.svg").exists()
+
+
+def test_arm_order_comes_from_the_stored_spec(tmp_path):
+    (tmp_path / "spec.yaml").write_text("ablation: {M2: {}, M1: {}, M3: {}}\n")
+    assert report.arm_order([tmp_path / "missing", tmp_path]) == ["M2", "M1", "M3"]
+    assert report.arm_order(tmp_path / "missing") == []

@@ -1,4 +1,4 @@
-"""``python -m tuneclust {sweep,validate,train,report,list,features}``: wiring only.
+"""``python -m tuneclust {sweep,validate,train,report,list,features}``: the command line.
 
 Bad input (a spec, an override, a path) gets one line on stderr naming the file and the field, and exit code 2;
 nothing is written before the input has been validated.
@@ -13,6 +13,16 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 """Ctrl-C: the shell's convention (128 + SIGINT)."""
+DESCRIPTION = """Hyperparameter studies of deep-clustering methods (IDFD, DCCS, CDC, ICS) on Ray Tune.
+
+A study is a YAML file (search_spaces/*.yaml): method, data, search space, searcher, scheduler, budget.
+`sweep` runs it and writes STORAGE/NAME/{trials,epochs}.parquet plus one MLflow run per trial;
+`report` ranks the trials and plots them; `validate` checks a study without running it."""
+EPILOG = """examples:
+  python -m tuneclust sweep search_spaces/quickstart.yaml          # 8 small trials on the bundled digits
+  python -m tuneclust sweep search_spaces/idfd_tau.yaml --smoke    # any study, shrunk to a quick check
+  python -m tuneclust report runs/quickstart                       # ranking, plots, tables
+run `python -m tuneclust COMMAND --help` for a command's options."""
 
 
 def _fail(message: str) -> int:
@@ -21,7 +31,12 @@ def _fail(message: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuneclust", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m tuneclust",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def add_set(q: argparse.ArgumentParser) -> None:
@@ -51,7 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--address", help="Ray cluster address (e.g. 'auto' on a `ray up` head node); default: local Ray"
     )
-    s.add_argument("--quiet", action="store_true", help="less Ray progress output")
+    talk = s.add_mutually_exclusive_group()
+    talk.add_argument(
+        "--quiet", action="store_true", help="no progress line; print only the summary at the end"
+    )
+    talk.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's own status tables and worker logs instead of the one progress line",
+    )
 
     v = sub.add_parser("validate", help="parse and check specs, print the trial count of each; runs nothing")
     v.add_argument("specs", nargs="+")
@@ -138,7 +161,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tuneclust.spec import SpecError, load_spec
 
     try:
-        spec = _load(args.spec, args.overrides, args.smoke)
+        spec = with_header_description(_load(args.spec, args.overrides, args.smoke), args.spec)
         if args.resume:
             from tuneclust.sweep import sweep_dir
 
@@ -159,7 +182,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             address=args.address,
-            verbose=0 if args.quiet else 1,
+            verbose=0 if args.quiet else 2 if args.verbose else 1,
         )
     except SweepError as e:
         return _fail(str(e))
@@ -175,11 +198,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"\n{spec.name}: {len(results)} trials: {counts['terminated']} finished, {counts['errored']} errored, "
         f"{counts['unfinished']} unfinished"
     )
-    print(f"results: {out}/trials.parquet, {out}/epochs.parquet")
     try:
         print(report.ranking_text(out, top=10))
     except FileNotFoundError:
         pass
+    print(f"results: {out}/trials.parquet, {out}/epochs.parquet")
+    print(f"report:  python -m tuneclust report {out}")
+    ui = mlflow_ui_command(spec)
+    if ui:
+        print(f"MLflow:  {ui}   (then open http://127.0.0.1:5000)")
     if counts["unfinished"]:
         done = counts["terminated"] + counts["errored"]
         print(
@@ -205,9 +232,35 @@ def resume_command(args: argparse.Namespace, resume: bool = True) -> str:
         parts += ["--address", args.address]
     if args.quiet:
         parts.append("--quiet")
+    if getattr(args, "verbose", False):
+        parts.append("--verbose")
     if resume:
         parts.append("--resume")
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def with_header_description(spec, path: str):
+    """The spec with ``description`` set from its file's opening comment (the study and the paper it
+    reproduces) when it has none: MLflow shows it on the sweep's run."""
+    if spec.description:
+        return spec
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.removeprefix("#").strip())
+    text = " ".join(ln for ln in lines if ln)
+    return spec.model_copy(update={"description": text}) if text else spec
+
+
+def mlflow_ui_command(spec) -> str | None:
+    """The ``mlflow ui`` command that opens this sweep's tracking store (None if MLflow tracking is off)."""
+    if not spec.tracking.mlflow.enabled:
+        return None
+    from tuneclust.tracking import default_tracking_uri
+
+    uri = spec.tracking.mlflow.uri or default_tracking_uri()
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

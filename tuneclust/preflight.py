@@ -18,7 +18,8 @@ from tuneclust.yamlsafe import clip
 PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
 TRIAL_PATH_RESERVE = 120
 """Characters kept free under the results folder for Ray's trial folders and checkpoint names."""
-AUTOSCALER_STATUS_KEY = b"__autoscaling_status"
+AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
+"""Written by ``ray up`` on the head node (cluster.yaml starts the head with ``--autoscaling-config`` on it)."""
 """The GCS key a Ray autoscaler publishes its status under (present only when the cluster autoscales)."""
 
 
@@ -156,13 +157,10 @@ def check_local(
 
 
 def _autoscales() -> bool:
-    """Whether the connected cluster runs a Ray autoscaler (it may launch a node that fits)."""
-    try:
-        from ray.experimental.internal_kv import _internal_kv_get
-
-        return _internal_kv_get(AUTOSCALER_STATUS_KEY) is not None
-    except Exception:  # an older/newer Ray without this key or API: assume a fixed cluster
-        return False
+    """Whether the connected cluster was launched with an autoscaler config (``ray up``), which may start a node
+    that fits. ``ray up`` leaves that config on the head node, where ``--address auto`` drivers run. (Ray's GCS
+    key ``__autoscaling_status`` is no signal: every local Ray's monitor writes it.)"""
+    return AUTOSCALER_CONFIG.expanduser().exists()
 
 
 def check_cluster(spec: Spec, nodes: list[dict[str, Any]] | None = None) -> None:

@@ -1,19 +1,22 @@
 """Results tables -> rankings, metric-vs-parameter plots (mean ± std over seeds) and ablation tables.
 
 Reads only the Parquet tables a sweep writes (``trials.parquet``, ``epochs.parquet``) and the stored
-``spec.yaml``; the ``analysis/`` scripts build each paper's figure or table from these functions, and share
-their loading (:func:`load_finished`: finished trials of several sweeps with a ``dataset`` column), per-group
-tables (:func:`metrics_table`), figure helpers and command line (:func:`analysis_cli`) from here.
-Columns ``best_label_selected.*`` were selected over evaluations using the labels; they are marked so here.
+``spec.yaml``. The ``analysis/`` scripts are short declarations over this module: each names its columns and
+its paper's numbers (one :class:`Paper` per study) and calls the shared loading (:func:`load_trials`,
+:func:`load_finished`, :func:`load_epochs`: several sweeps pooled with a ``dataset`` column; :func:`arm_order`
+from the stored spec), renderers (:func:`plot_metric_vs_param`, :func:`plot_metrics_panels`, :func:`bar_chart`,
+:func:`window_study`, :func:`sensitivity_study`, :func:`write_wide_tables`) and command line
+(:func:`analysis_cli`). Every figure is written as PNG and SVG, names its statistic (mean ± std over N seeds)
+and uses readable axis names (:func:`readable`); tables are Markdown, CSV and LaTeX. Columns
+``best_label_selected.*`` were selected over evaluations using the labels; they are marked so here.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,53 @@ import yaml
 from tuneclust.metrics import metric_mode
 
 CONFIG = "config."
+METRIC_NAMES = {"acc": "ACC", "nmi": "NMI", "ari": "ARI", "silhouette": "silhouette", "loss": "loss"}
+PREFIX_NAMES = {
+    "final.": "{} (last evaluation)",
+    "best_label_selected.": "{} (best evaluation, chosen with labels)",
+    "best.": "{} (best evaluation)",
+}
+
+
+def readable(column: str) -> str:
+    """An axis or column name for a reader: ``final.acc`` -> ``ACC (last evaluation)``, ``config.tau`` ->
+    ``tau``, ``data.r_min`` -> ``r_min``; anything else unchanged."""
+    for prefix, form in PREFIX_NAMES.items():
+        if column.startswith(prefix):
+            name = column.removeprefix(prefix)
+            return form.format(METRIC_NAMES.get(name, name))
+    if column.startswith((CONFIG, "data.")):
+        return column.split(".", 1)[1]
+    return METRIC_NAMES.get(column, column)
+
+
+def statistic(df: pd.DataFrame, by: Sequence[str]) -> str:
+    """What an error bar over the rows of each group of ``by`` shows: ``mean ± std over 3 seeds`` (or ``over
+    2-3 trials`` when groups differ in size, ``trials`` when the rows are not all different seeds)."""
+    sizes = df.groupby(list(by), dropna=False).size() if by else pd.Series([len(df)])
+    lo, hi = (int(sizes.min()), int(sizes.max())) if len(sizes) else (0, 0)
+    seeds = (
+        f"{CONFIG}seed" in df
+        and (df.groupby(list(by), dropna=False)[f"{CONFIG}seed"].nunique() == sizes).all()
+    )
+    unit = ("seed" if seeds else "trial") + ("s" if hi != 1 else "")
+    return f"mean ± std over {lo} {unit}" if lo == hi else f"mean ± std over {lo}-{hi} {unit}"
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
+    """``df`` as a GitHub Markdown table (no dependency): floats with ``digits`` significant digits, NaN empty,
+    ``|`` escaped."""
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        text = f"{v:.{digits}g}" if isinstance(v, float | np.floating) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def load_results(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -161,13 +211,25 @@ def pyplot():
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Tight layout, write ``path`` (PNG, 120 dpi; its folder is created), close the figure; returns ``path``."""
+    """Tight layout, write ``path`` (PNG, 150 dpi; its folder is created) and the same figure as vector SVG beside
+    it (``.svg``, for a paper), close the figure; returns ``path``."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=150)
+    fig.savefig(path.with_suffix(".svg"))
     pyplot().close(fig)
     return path
+
+
+def mark_value(ax: Any, x: Any = None, y: Any = None, label: str = "paper", xs: Sequence[Any] = ()) -> None:
+    """Mark the paper's value on ``ax``: a dotted vertical line at ``x`` (a chosen setting; a non-numeric ``x``
+    is placed at its index in ``xs``) and/or a dashed horizontal line at ``y`` (a reported score)."""
+    if x is not None:
+        pos = list(xs).index(x) if xs and not isinstance(x, int | float) and x in list(xs) else x
+        ax.axvline(pos, color="grey", ls=":", lw=1.2, label=label)
+    if y is not None:
+        ax.axhline(y, color="k", ls="--", lw=1, label=label if x is None else f"{label} (score)")
 
 
 def errorbar_vs_param(ax: Any, df: pd.DataFrame, param: str, metric: str, label: str | None = None) -> None:
@@ -183,21 +245,45 @@ def errorbar_vs_param(ax: Any, df: pd.DataFrame, param: str, metric: str, label:
 
 
 def plot_metric_vs_param(
-    df: pd.DataFrame, param: str, metric: str, path: str | Path, hue: str | None = None, logx: bool = False
+    df: pd.DataFrame,
+    param: str,
+    metric: str,
+    path: str | Path,
+    hue: str | None = None,
+    logx: bool = False,
+    *,
+    mark_x: Any = None,
+    mark_y: float | None = None,
+    mark_label: str = "paper",
+    title: str | None = None,
+    stat: str | None = None,
 ) -> Path:
-    """Line plot of ``metric`` (mean ± std over the other dimensions, e.g. seeds) against ``param``."""
+    """Line plot of ``metric`` (mean ± std over the other dimensions, e.g. seeds) against ``param``; the legend
+    names the statistic (``stat``, default :func:`statistic` of the rows); ``mark_x``/``mark_y`` mark the
+    paper's chosen setting / reported value."""
     fig, ax = pyplot().subplots(figsize=(5, 3.5))
     groups = [(None, df)] if hue is None else list(df.groupby(hue, dropna=False))
     for name, sub in groups:
-        errorbar_vs_param(ax, sub, param, metric, label=None if hue is None else str(name))
+        errorbar_vs_param(ax, sub, param, metric, label=metric_label(metric) if hue is None else str(name))
     if logx and pd.api.types.is_numeric_dtype(df[param]) and (df[param] > 0).all():
         ax.set_xscale("log")
-    ax.set_xlabel(param.removeprefix(CONFIG))
-    ax.set_ylabel(metric)
-    if hue is not None:
-        ax.legend(title=hue.removeprefix(CONFIG), fontsize=8)
+    mark_value(ax, mark_x, mark_y, mark_label)
+    ax.set_xlabel(readable(param))
+    ax.set_ylabel(readable(metric))
+    if title:
+        ax.set_title(title, fontsize=10)
+    by = [param] if hue is None else [hue, param]
+    stat = stat or statistic(df, by)
+    legend_title = stat if hue is None else f"{readable(hue)}; {stat}"
+    ax.legend(title=legend_title, fontsize=8, title_fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
+
+
+def metric_label(column: str) -> str:
+    """A metric's short name for a legend: ``final.acc`` -> ``ACC``."""
+    name = column.split(".")[-1]
+    return METRIC_NAMES.get(name, name)
 
 
 def plot_metrics_panels(
@@ -228,11 +314,11 @@ def plot_metrics_panels(
                 errorbar_vs_param(ax, sub, param, metric, label=metric.removeprefix("final.").upper())
         if marks and name in marks:
             ax.axvline(marks[name], color="grey", ls=":", label=mark_label)
-        ax.set(title=title.format(name), xlabel=xlabel or param.removeprefix(CONFIG), ylabel=ylabel)
+        ax.set(title=title.format(name), xlabel=xlabel or readable(param), ylabel=ylabel)
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(title=statistic(sub, [param]), fontsize=8, title_fontsize=8)
     return save_figure(fig, path)
 
 
@@ -258,18 +344,10 @@ def write_table(df: pd.DataFrame, path_stem: str | Path) -> list[Path]:
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".tex")]
-    paths[0].write_text(df.to_markdown(index=False) if _has_tabulate() else df.to_string(index=False))
+    paths[0].write_text(markdown_table(df))
     df.to_csv(paths[1], index=False)
     paths[2].write_text(_latex(df))
     return paths
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _latex(df: pd.DataFrame) -> str:
@@ -343,23 +421,41 @@ def write_report(
             and done[p].min() > 0
             and done[p].max() / done[p].min() >= 100
         )
-        written.append(
-            plot_metric_vs_param(done, p, col, out / f"{metric}_vs_{p.removeprefix(CONFIG)}.png", hue, logx)
-        )
+        png = plot_metric_vs_param(done, p, col, out / f"{metric}_vs_{readable(p)}.png", hue, logx)
+        written += [png, png.with_suffix(".svg")]
     if done["arm"].nunique() > 1:
         cols = [c for c in ("final.acc", "final.nmi", "final.ari", col) if c in done]
         written += write_table(ablation_table(done, list(dict.fromkeys(cols))), out / "ablation")
     return written
 
 
-def sibling_script(script: str | Path, name: str) -> ModuleType:
-    """``analysis/<name>.py`` beside ``script`` (pass ``__file__``) as a module, however the caller was run
-    (``python analysis/x.py`` or loaded by path from a test): analysis/ is not a package."""
-    path = Path(script).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_analysis_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def trial_figures(rows: list[dict[str, Any]], metric: str, out: Path, name: str) -> list[Path]:
+    """A trial's learning curves from its ``epochs.parquet`` rows (drawn in the driver from the tables, not from
+    the trial): the objective and the label metrics against the epoch, and the loss on a second axis. Returns
+    ``[out/<name>_curves.png]``, or nothing when the trial reported fewer than one evaluation."""
+    df = pd.DataFrame(rows)
+    if df.empty or "epoch" not in df:
+        return []
+    df = df.sort_values("epoch")
+    scores = [m for m in dict.fromkeys([metric, "acc", "nmi", "ari"]) if m in df and m != "loss"]
+    fig, ax = pyplot().subplots(figsize=(4.5, 3))
+    for m in scores:
+        ax.plot(df["epoch"], df[m], marker="o", ms=3, label=metric_label(m))
+    ax.set(xlabel="epoch", ylabel="score")
+    if "loss" in df:
+        ax2 = ax.twinx()
+        ax2.plot(df["epoch"], df["loss"], color="grey", ls="--", lw=1, label="loss (right axis)")
+        ax2.set_ylabel("loss")
+        ax2.legend(loc="lower right", fontsize=7)
+    if scores:
+        ax.legend(loc="upper left", fontsize=7, title="per evaluation", title_fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out / f"{name}_curves.png"
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return [path]
 
 
 def analysis_cli(
@@ -388,3 +484,283 @@ def analysis_cli(
     for path in build(dirs, out):
         print(path)
     return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The shared pieces of the analysis/ scripts: a paper's numbers in one form, the study's arm order from its
+# stored spec, and the renderers several studies draw with (bars per group, window summaries, wide tables,
+# sensitivity panels). A script declares its columns and its Paper and calls these.
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A paper's reference numbers for one study, in one form: scores as fractions (like the metrics), keyed
+    ``row -> column -> value per metric``, and the settings the paper chose (``choice``).
+
+    ``row`` is what the study varies in rows (an arm, a statistic, a method), ``column`` a dataset, network or
+    parameter value; ``metrics`` names the values of each cell (e.g. ``("ACC", "NMI", "ARI")``).
+    """
+
+    source: str
+    metrics: tuple[str, ...] = ()
+    scores: dict[Any, dict[Any, tuple[float, ...]]] = field(default_factory=dict)
+    choice: dict[Any, Any] = field(default_factory=dict)
+
+    def score(self, row: Any, column: Any, metric: str) -> float | None:
+        """The paper's value (a fraction) of ``metric`` (``ACC``, ``final.acc`` or ``acc``), else None."""
+        name = metric_label(metric)
+        cell = self.scores.get(row, {}).get(column)
+        if cell is None or name not in self.metrics:
+            return None
+        return cell[self.metrics.index(name)]
+
+    def table(self, row_name: str = "row") -> pd.DataFrame:
+        """The paper's numbers as printed there (in %, one decimal): a row per row key, a column per
+        (column, metric), and the source."""
+        rows = []
+        for row, cells in self.scores.items():
+            rec: dict[str, Any] = {row_name: row}
+            for col, values in cells.items():
+                for m, v in zip(self.metrics, values):
+                    rec[f"{col} {m}" if len(self.metrics) > 1 else str(col)] = round(100 * v, 2)
+            rows.append(rec)
+        out = pd.DataFrame(rows)
+        out["source"] = self.source
+        return out
+
+
+def arm_order(sweep_dirs: str | Path | Iterable[str | Path]) -> list[str]:
+    """The study's arms in the order its stored spec lists them (first folder that has an ablation)."""
+    dirs = [sweep_dirs] if isinstance(sweep_dirs, str | Path) else list(sweep_dirs)
+    for d in dirs:
+        ablation = load_spec_dict(d).get("ablation") or {}
+        if ablation:
+            return list(ablation)
+    return []
+
+
+def load_epochs(sweep_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """Every evaluation of one or more sweep folders, pooled, with the ``dataset`` column of its trial and the
+    trial's ``status`` (see :func:`load_trials`)."""
+    dirs = [sweep_dirs] if isinstance(sweep_dirs, str | Path) else list(sweep_dirs)
+    trials = load_trials(dirs)
+    frames = [load_results(d)[1] for d in dirs]
+    epochs = (
+        pd.concat([f for f in frames if not f.empty], ignore_index=True)
+        if any(len(f) for f in frames)
+        else None
+    )
+    if epochs is None:
+        return pd.DataFrame(columns=["trial_id", "epoch", "dataset", "status"])
+    keep = trials[["trial_id", "dataset", "status"]].drop_duplicates("trial_id")
+    return epochs.drop(columns=[c for c in ("dataset", "status") if c in epochs]).merge(keep, on="trial_id")
+
+
+def _paper_column(paper: Paper | None, row: Any, df: pd.DataFrame) -> Any:
+    """The paper column that matches ``df``: its one ``dataset``, else the row's only column, else None."""
+    columns = list(paper.scores.get(row, {})) if paper else []
+    names = df["dataset"].unique() if "dataset" in df else []
+    if len(names) == 1 and names[0] in columns:
+        return names[0]
+    return columns[0] if len(columns) == 1 else None
+
+
+def bar_chart(
+    df: pd.DataFrame,
+    group: str,
+    metric: str,
+    path: str | Path,
+    *,
+    hue: str | None = None,
+    order: Sequence[Any] = (),
+    paper: Paper | None = None,
+    title: str = "",
+    percent: bool = False,
+) -> Path:
+    """Bars of ``metric`` (mean ± std per ``group``, one bar per ``hue`` value), groups in ``order`` (others
+    after); the legend names the statistic; ``paper``'s values (row = group, column = hue value or the only
+    column) are drawn as black ticks labelled "paper", and ``paper.choice[group]`` (the paper's own arm or
+    setting) is shaded."""
+    groups = sort_in_order(pd.DataFrame({group: df[group].unique()}), group, list(order))[group].tolist()
+    hues = [None] if hue is None else sorted(df[hue].unique(), key=str)
+    width = 0.8 / len(hues)
+    scale = 100 if percent else 1
+    fig, ax = pyplot().subplots(figsize=(1.1 * len(groups) * max(1, len(hues) / 2) + 2.5, 3.6))
+    marked = False
+    for j, h in enumerate(hues):
+        sub = df if h is None else df[df[hue] == h]
+        s = summarize(sub, [group], metric).set_index(group).reindex(groups)
+        xs = [i + (j - (len(hues) - 1) / 2) * width for i in range(len(groups))]
+        label = metric_label(metric) if h is None else str(h)
+        ax.bar(
+            xs, scale * s["mean"], width, yerr=scale * s["std"].fillna(0), capsize=3, label=label, alpha=0.85
+        )
+        for x, g in zip(xs, groups):
+            col = h if h is not None else _paper_column(paper, g, sub)
+            v = paper.score(g, col, metric) if paper and col is not None else None
+            if v is not None:
+                ax.plot(
+                    [x - width / 2, x + width / 2],
+                    [scale * v] * 2,
+                    "k-",
+                    lw=2,
+                    label=None if marked else "paper",
+                )
+                marked = True
+    chosen = paper.choice.get(group) if paper else None
+    if chosen in groups:  # the paper's own setting among the groups: shaded
+        i = groups.index(chosen)
+        ax.axvspan(i - 0.45, i + 0.45, color="grey", alpha=0.15, label="paper's setting")
+    ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=30 if len(groups) > 4 else 0)
+    ax.set_ylabel(readable(metric) + (" (%)" if percent else ""))
+    if not percent:
+        ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    by = [group] if hue is None else [group, hue]
+    ax.legend(title=statistic(df, by), fontsize=8, title_fontsize=8)
+    return save_figure(fig, path)
+
+
+PAPER_EPOCHS, PAPER_WINDOW = 2000, 500
+"""IDFD's Fig. 3 and 4 average over the last 500 of 2000 epochs (the last quarter of the run)."""
+
+
+def last_window(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's evaluations in its final window: epochs > last - 500 for runs of >= 2000 epochs, else the
+    last quarter of its evaluations (at least one)."""
+    parts = []
+    for _, g in epochs.groupby("trial_id", sort=False):
+        g = g.sort_values("epoch")
+        last = g["epoch"].max()
+        if last >= PAPER_EPOCHS:
+            parts.append(g[g["epoch"] > last - PAPER_WINDOW])
+        else:
+            parts.append(g.tail(max(1, -(-len(g) // 4))))
+    return pd.concat(parts, ignore_index=True)
+
+
+def window_table(win: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Per group: ACC mean/std/median over the pooled window evaluations, the std of the per-trial window
+    means (seed spread), the number of trials and evaluations, and mean NMI/ARI."""
+    table = summarize(win, by, "acc").rename(
+        columns={"mean": "acc_mean", "std": "acc_std", "median": "acc_median", "count": "evaluations"}
+    )
+    per_trial = win.groupby([*by, "trial_id"], dropna=False)["acc"].mean().reset_index()
+    seeds = per_trial.groupby(by, dropna=False)["acc"].agg(["std", "count"]).reset_index()
+    table = table.merge(seeds.rename(columns={"std": "acc_seed_std", "count": "trials"}), on=by)
+    for m in ("nmi", "ari"):
+        if m in win:
+            table = table.merge(
+                summarize(win, by, m)[[*by, "mean"]].rename(columns={"mean": f"{m}_mean"}), on=by
+            )
+    return table.sort_values(by).reset_index(drop=True)
+
+
+def window_study(sweep_dir: Path, out: Path, param: str, stem: str, paper: Paper, title: str) -> list[Path]:
+    """ACC against ``param`` over each trial's final window (IDFD Fig. 3/4): the window table and the plot (log
+    x, the paper's chosen value of ``param`` marked). Ends the program when nothing was evaluated."""
+    epochs = load_epochs([sweep_dir])
+    epochs = epochs[epochs["status"] == "TERMINATED"]
+    if epochs.empty or "acc" not in epochs:
+        raise SystemExit(f"{sweep_dir}: no evaluations with ACC in epochs.parquet")
+    col = f"{CONFIG}{param}"
+    last = epochs.groupby("trial_id")["epoch"].max()
+    if last.nunique() > 1:  # e.g. an ASHA sweep: the windows sit at different points of training
+        print(
+            f"warning: {sweep_dir}: trials ended at different epochs ({sorted(int(e) for e in last.unique())}); "
+            "a scheduler stopped some early, so their windows are not comparable with the paper's fixed 2000 epochs"
+        )
+    win = last_window(epochs)
+    hue = "arm" if win["arm"].nunique() > 1 else None
+    by = [col] if hue is None else ["arm", col]
+    written = write_table(window_table(win, by), out / stem)
+    png = plot_metric_vs_param(
+        win, col, "acc", out / f"{stem}.png", hue=hue, logx=True,
+        mark_x=paper.choice.get(param), mark_label=f"paper's choice ({paper.source})", title=title,
+        stat=f"mean ± std of the final-window evaluations of {win['trial_id'].nunique()} trials",
+    )  # fmt: skip
+    return [*written, png, png.with_suffix(".svg")]
+
+
+def row_labels(df: pd.DataFrame, row: str, vary: str = "config.alpha") -> pd.Series:
+    """``row`` value, with ``(alpha=...)`` appended where one arm was run with several values of ``vary``."""
+    if vary not in df:
+        return df[row].astype(str)
+    n = df.groupby(row)[vary].transform("nunique")
+    labelled = df[row].astype(str) + " (" + vary.split(".")[-1] + "=" + df[vary].map("{:g}".format) + ")"
+    return df[row].astype(str).where(n <= 1, labelled)
+
+
+def _order(values: list[str], preferred: Sequence[Any]) -> list[str]:
+    rank = {str(v): i for i, v in enumerate(preferred)}
+    return sorted(values, key=lambda v: (rank.get(str(v).split(" (")[0], len(rank)), str(v)))
+
+
+def wide_table(
+    df: pd.DataFrame, row: str, col: str, prefix: str, row_order: Sequence[Any], col_order: Sequence[Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(formatted wide table rows x (col, metric) with "mean ± std" in %, long table of the numbers)."""
+    longs = [
+        summarize(df, [row, col], f"{prefix}.{m}").assign(metric=m)
+        for m in ("acc", "nmi", "ari")
+        if f"{prefix}.{m}" in df
+    ]
+    if not longs:
+        return pd.DataFrame(), pd.DataFrame()
+    long = pd.concat(longs, ignore_index=True)
+    cell = lambda r: f"{100 * r['mean']:.1f}" + (f" ± {100 * r['std']:.1f}" if r["count"] > 1 else "")  # noqa: E731
+    long["cell"] = long.apply(cell, axis=1)
+    wide = long.pivot_table(index=row, columns=[col, "metric"], values="cell", aggfunc="first")
+    metrics = list(dict.fromkeys(long["metric"]))
+    cols = [
+        (c, m) for c in _order(list(long[col].unique()), col_order) for m in metrics if (c, m) in wide.columns
+    ]
+    wide = wide.reindex(index=_order(list(wide.index), row_order), columns=cols).fillna("-")
+    wide.columns = [f"{c} {m.upper()}" for c, m in wide.columns]
+    wide = wide.join(df.groupby(row).size().rename("trials")).reset_index()
+    return wide.rename(columns={row: "arm"}), long.drop(columns="cell")
+
+
+def write_wide_tables(
+    trials: pd.DataFrame,
+    row: str,
+    col: str,
+    row_order: Sequence[Any],
+    col_order: Sequence[Any],
+    out: Path,
+    stem: str,
+    long_names: dict[str, str],
+) -> list[Path]:
+    """``<stem>_final`` and ``<stem>_best_label_selected`` (the label-selected oracle, marked so) wide tables
+    (% mean ± std over seeds) and ``<stem>_long`` (the final numbers, columns renamed by ``long_names``)."""
+    written = []
+    for prefix in ("final", "best_label_selected"):
+        wide, long = wide_table(trials, row, col, prefix, row_order, col_order)
+        if wide.empty:
+            continue
+        if prefix != "final":
+            wide = wide.rename(columns={"arm": "arm (best evaluation, LABEL-SELECTED)"})
+        written += write_table(wide, out / f"{stem}_{prefix}")
+        if prefix == "final":
+            written += write_table(long.rename(columns=long_names), out / f"{stem}_long")
+    return written
+
+
+def sensitivity_study(
+    sweep_dirs: list[Path], out: Path, param: str, figure: str, title: str, xlabel: str, paper: Paper
+) -> list[Path]:
+    """A metric-against-``param`` study over datasets (DCCS Fig. 5/6): ``<figure>.png`` (a panel per dataset:
+    ACC/NMI/ARI mean ± std over seeds, the paper's choice per dataset marked), ``acc_vs_<p>.png`` (ACC, a line
+    per dataset) and the ``<p>`` table (mean/std/median per dataset and value), ``<p>`` = ``param`` without
+    ``config.``."""
+    metrics = ("final.acc", "final.nmi", "final.ari")
+    done = finished_or_exit(sweep_dirs, [param])
+    name = param.removeprefix(CONFIG)
+    panels = plot_metrics_panels(
+        done, param, metrics, out / f"{figure}.png", title=title, xlabel=xlabel,
+        marks=paper.choice or None, mark_label=f"paper's choice ({paper.source})",
+    )  # fmt: skip
+    acc = plot_metric_vs_param(done, param, "final.acc", out / f"acc_vs_{name}.png", hue="dataset")
+    table = metrics_table(done, ["dataset", param], metrics).rename(columns={param: name, "count": "trials"})
+    return [panels, panels.with_suffix(".svg"), acc, acc.with_suffix(".svg"), *write_table(table, out / name)]

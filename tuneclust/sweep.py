@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tuneclust import preflight, tracking
+from tuneclust import preflight, progress, report, tracking
 from tuneclust.data.registry import DataError, prepare_data
 from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
@@ -152,7 +153,14 @@ class TrackingCallback(tune.Callback):
             }
             experiment = spec.tracking.mlflow.experiment or spec.name
             self._live["mlflow"] = tracking.MlflowTracker(
-                self.mlflow_uri, experiment, self.sweep_dir, self.spec_text, tags, resume
+                self.mlflow_uri,
+                experiment,
+                self.sweep_dir,
+                self.spec_text,
+                tags,
+                resume,
+                params=sweep_params(spec),
+                note=sweep_note(spec),
             )
 
     @property
@@ -175,11 +183,7 @@ class TrackingCallback(tune.Callback):
         mlf = self._live.get("mlflow")
         if mlf is not None:
             seed = ident.get("config.seed", "")
-            point = {k: v for k, v in trial.config.items() if k != "arm"}
-            name = (
-                "_".join([ident["arm"]] * bool(ident["arm"]) + [f"{k}={v}" for k, v in point.items()])
-                or trial.trial_id
-            )
+            name = progress.trial_label(dict(trial.config)) or trial.trial_id
             tags = {
                 "method": self.spec.method,
                 "dataset": ident["data.name"],
@@ -218,6 +222,10 @@ class TrackingCallback(tune.Callback):
         self.tables.finish(trial.trial_id, ident, status, error, wall)
         mlf = self._live.get("mlflow")
         if mlf is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                rows = self.tables.epochs.get(trial.trial_id, [])
+                figures = report.trial_figures(rows, self.spec.objective.metric, Path(tmp), trial.trial_id)
+                mlf.trial_summary(trial.trial_id, figures)
             mlf.end_trial(trial.trial_id, status, error)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -234,6 +242,9 @@ class TrackingCallback(tune.Callback):
         counts = outcome(self.tables.trials, len(trials))
         mlf = self._live.get("mlflow")
         if mlf is not None:
+            if (self.sweep_dir / tracking.TRIALS_FILE).exists():
+                files = report.write_report(self.sweep_dir)
+                mlf.sweep_summary(report.markdown_table(report.ranking(self.sweep_dir).head(20)), files)
             unfinished = [t.trial_id for t in trials if t.trial_id not in self.tables.trials]
             for trial_id in unfinished:
                 mlf.end_trial(trial_id, "UNFINISHED")
@@ -257,6 +268,35 @@ def sweep_outcome(out: Path, total: int) -> dict[str, int]:
     """:func:`outcome` from a sweep's ``trials.parquet`` (what the CLI reports after ``run_sweep``)."""
     rows = tracking.ResultTables(out, resume=True).trials if (out / tracking.TRIALS_FILE).exists() else {}
     return outcome(rows, total)
+
+
+def sweep_params(spec: Spec) -> dict[str, Any]:
+    """The parent run's params: the study's fixed config (``config.<k>``), its search space (``search.<k>``),
+    arms, data, budget, searcher, scheduler and objective."""
+    params: dict[str, Any] = {f"config.{k}": v for k, v in spec.config.items()}
+    for k, d in spec.search.items():
+        params[f"search.{k}"] = f"{d.kind} {list(d.value) if isinstance(d.value, list | tuple) else d.value}"
+    if spec.ablation:
+        params["arms"] = ", ".join(spec.arms)
+    params.update({f"data.{k}": v for k, v in spec.data.model_dump().items() if v is not None})
+    params.update(
+        {
+            "budget.epochs": spec.budget.epochs,
+            "budget.eval_every": spec.budget.eval_every,
+            "searcher": spec.searcher.type,
+            "scheduler": spec.scheduler.type,
+            "objective": f"{spec.mode} {spec.objective.metric}",
+            "trials": spec.num_trials(),
+        }
+    )
+    return params
+
+
+def sweep_note(spec: Spec) -> str:
+    """The parent run's description (Markdown): the study, what it reproduces, and how it searches."""
+    head = f"**{spec.name}**: {spec.method} on {spec.data.name}, {spec.num_trials()} trials"
+    head += f" ({spec.searcher.type} search, {spec.scheduler.type} scheduler, {spec.mode} {spec.objective.metric})"
+    return f"{head}\n\n{spec.description.strip()}" if spec.description else head
 
 
 def _trial_name(trial: Any) -> str:
@@ -301,8 +341,14 @@ def run_sweep(
                 f"{out} already holds results: pass --resume to continue it, or --overwrite to start over"
             )
     _prepare_data(spec)
+    progress.silence_ray(verbose)
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=verbose >= progress.RAY_REPORTER,
+            logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
+        )
     if address is not None:
         try:
             preflight.check_cluster(spec)
@@ -311,7 +357,7 @@ def run_sweep(
     if overwrite and not resume and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    spec_text = yaml.safe_dump(stored_spec(spec, storage), sort_keys=False)
     if not resume:
         (out / "spec.yaml").write_text(spec_text)
     trainable = tune.with_resources(
@@ -343,11 +389,27 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
                 # PBT clones a donor's latest checkpoint while the donor goes on reporting: keep a few
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=PBT_CHECKPOINTS if pbt_keys(spec) else 1),
-                callbacks=[TrackingCallback(spec, out, spec_text, mlflow_uri)],
-                verbose=verbose,
+                callbacks=[TrackingCallback(spec, out, spec_text, mlflow_uri), *_reporter(spec, verbose)],
+                verbose=1 if verbose >= progress.RAY_REPORTER else 0,
             ),
         )
     return tuner.fit()
+
+
+def stored_spec(spec: Spec, storage: str | None) -> dict[str, Any]:
+    """The spec as stored beside the results: with the storage the sweep actually used (``--storage``)."""
+    data = spec.model_dump(mode="json")
+    if storage:
+        data["storage"] = storage
+    return data
+
+
+def _reporter(spec: Spec, verbose: int) -> list[tune.Callback]:
+    """The progress line (default verbosity); none when quiet or when Ray's own reporter prints."""
+    if verbose != progress.PROGRESS:
+        return []
+    total = spec.num_trials()
+    return [progress.ProgressCallback(total, spec.budget.epochs, spec.objective.metric, spec.mode)]
 
 
 def _prepare_data(spec: Spec) -> None:

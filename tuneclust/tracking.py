@@ -25,6 +25,13 @@ LABELLED_SUFFIXES = ("acc", "nmi", "ari")
 """Metrics computed with the ground-truth labels: their best-over-evaluations is label-selected."""
 DIAGNOSTICS = {"lr", "images_per_s", "eval_time_s", "time_total_s", "clusters_used", "phase", "finetune_iter"}
 """Reported values that are not scores: only their final value goes into trials.parquet."""
+BOOKKEEPING = {"epoch", "step", "time_total_s", "images_per_s", "eval_time_s", "lr", "phase", "finetune_iter"}
+"""Reported values that are not MLflow metrics (they would clutter every chart): ``epoch`` is the metrics' step,
+the others become ``final.<name>`` tags of the trial's run when it ends (their history is in epochs.parquet)."""
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+"""The experiment tag that makes MLflow 3's UI open an experiment on its runs table, not the GenAI overview."""
+NOTE = "mlflow.note.content"
+"""The tag MLflow's UI shows as a run's description (Markdown)."""
 
 
 def default_tracking_uri() -> str:
@@ -60,6 +67,8 @@ class MlflowTracker:
         spec_text: str,
         sweep_tags: dict[str, str],
         resume: bool,
+        params: dict[str, Any] | None = None,
+        note: str = "",
     ) -> None:
         import mlflow  # noqa: F401  (fail early with a clear ImportError)
         from mlflow.tracking import MlflowClient
@@ -74,6 +83,9 @@ class MlflowTracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
         else:
             self.experiment_id = exp.experiment_id
+        self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
+        self.note = note
+        self.bookkeeping: dict[str, dict[str, float]] = {}
         state_file = sweep_dir / MLFLOW_STATE
         self.children: dict[str, str] = {}
         if resume and state_file.exists():
@@ -87,14 +99,17 @@ class MlflowTracker:
                 self.children[run.data.tags["tuneclust.trial_id"]] = run.info.run_id
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=sweep_tags.get("tuneclust.sweep"), tags=sweep_tags
+                self.experiment_id,
+                run_name=sweep_tags.get("tuneclust.sweep"),
+                tags={**sweep_tags, **({NOTE: note} if note else {})},
             )
             self.parent = run.info.run_id
             self.client.log_text(self.parent, spec_text, "spec.yaml")
+            self._log_params(self.parent, params or {})
             state_file.write_text(json.dumps({"parent_run_id": self.parent, "tracking_uri": uri}))
 
     def start_trial(self, trial_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunTag
 
         if trial_id in self.children:  # resumed: it was left KILLED by an interrupted run
             self.client.update_run(self.children[trial_id], status="RUNNING")
@@ -108,23 +123,34 @@ class MlflowTracker:
         }
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.children[trial_id] = run.info.run_id
-        self.client.log_batch(
-            run.info.run_id,
-            params=[Param(k, str(_cell(v))[:6000]) for k, v in params.items()],
-            tags=[RunTag(k, str(v)) for k, v in all_tags.items()],
-        )
+        self.client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+        self._log_params(run.info.run_id, params)
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Log params in batches of 100 (MLflow's limit per call); values cut at MLflow's 6000 characters."""
+        from mlflow.entities import Param
+
+        items = [Param(k, str(_cell(v))[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, trial_id: str, values: dict[str, float], step: int) -> None:
+        """Log a trial's scores at ``step`` (its epoch); :data:`BOOKKEEPING` values are kept for its end tags."""
         from mlflow.entities import Metric
 
         run_id = self.children.get(trial_id)
         if run_id is None:
             return
         now = int(time.time() * 1000)
+        book = self.bookkeeping.setdefault(trial_id, {})
+        book.update({k: v for k, v in values.items() if k in BOOKKEEPING})
         batch = [
             Metric(k, float(v), now, step)
             for k, v in values.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            if k not in BOOKKEEPING
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
         ]
         for i in range(0, len(batch), 1000):
             self.client.log_batch(run_id, metrics=batch[i : i + 1000])
@@ -138,6 +164,24 @@ class MlflowTracker:
             self.client.set_tag(run_id, "error", error[:5000])
         ending = {"TERMINATED": "FINISHED", "UNFINISHED": "KILLED"}.get(status, "FAILED")
         self.client.set_terminated(run_id, ending)
+
+    def trial_summary(self, trial_id: str, figures: list[Path]) -> None:
+        """Before a trial's run ends: its last :data:`BOOKKEEPING` values as ``final.<name>`` tags, and its
+        figures as artifacts (``figures/``)."""
+        run_id = self.children.get(trial_id)
+        if run_id is None:
+            return
+        for k, v in self.bookkeeping.pop(trial_id, {}).items():
+            self.client.set_tag(run_id, f"final.{k}", f"{v:.6g}" if isinstance(v, float) else str(v))
+        for path in figures:
+            self.client.log_artifact(run_id, str(path), "figures")
+
+    def sweep_summary(self, ranking_markdown: str, files: list[Path]) -> None:
+        """On the parent run: the ranking appended to its description, and the report's files as artifacts."""
+        note = f"{self.note}\n\n## Ranking\n\n{ranking_markdown}" if self.note else ranking_markdown
+        self.client.set_tag(self.parent, NOTE, note)
+        for path in files:
+            self.client.log_artifact(self.parent, str(path), "report")
 
     def end(self, summary: dict[str, float], status: str = "FINISHED") -> None:
         """End the parent run; summary metrics already logged with the same value (a resumed sweep) are not
