@@ -1,0 +1,186 @@
+"""tuneclust.runtime: resolution and fallbacks, and that each resolved setting computes what eager fp32 does.
+
+CPU tests run everywhere; the compile test builds with inductor (needs gcc; ~30-60 s, marked slow); the CUDA
+graph test runs only where a GPU is present.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pydantic
+import pytest
+import torch
+from torch import nn
+
+from tuneclust import runtime
+from tuneclust.runtime import RuntimeConfig, resolve
+
+CPU = torch.device("cpu")
+
+
+def _small_conv() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+
+
+def test_auto_is_exact_on_cpu_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rt = resolve(RuntimeConfig(), CPU)
+    assert (rt.precision, rt.channels_last, rt.compile_mode, rt.tf32, rt.cudnn_benchmark) == (
+        "fp32",
+        False,
+        "none",
+        False,
+        False,
+    )
+    assert rt.tags() == {
+        "runtime.device": "cpu",
+        "runtime.precision": "fp32",
+        "runtime.channels_last": "false",
+        "runtime.compile": "none",
+        "runtime.tf32": "false",
+        "runtime.cudnn_benchmark": "false",
+    }
+    assert isinstance(rt.autocast(), type(__import__("contextlib").nullcontext()))
+
+
+def test_fp16_on_cpu_falls_back_with_one_warning() -> None:
+    with pytest.warns(RuntimeWarning, match="fp16 needs a GPU") as rec:
+        rt = resolve({"precision": "fp16"}, "cpu")
+    assert len(rec) == 1
+    assert rt.precision == "fp32"
+    assert not rt.scaler.is_enabled()
+
+
+def test_cudagraphs_on_cpu_falls_back_to_inductor_with_one_warning() -> None:
+    with pytest.warns(RuntimeWarning, match="cudagraphs needs a CUDA device") as rec:
+        rt = resolve({"compile": "cudagraphs"}, CPU)
+    assert len(rec) == 1
+    assert rt.compile_mode == "default"
+
+
+def test_compile_unavailable_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "compile_available", lambda: False)
+    with pytest.warns(RuntimeWarning, match="running eager"):
+        rt = resolve({"compile": "default"}, CPU)
+    assert rt.compile_mode == "none"
+    fn = lambda x: x + 1  # noqa: E731
+    assert rt.compile(fn) is fn
+
+
+def test_bf16_on_an_old_gpu_becomes_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "bf16_supported", lambda device: False)
+    with pytest.warns(RuntimeWarning, match="bf16 is not supported"):
+        assert runtime._precision(RuntimeConfig(precision="bf16"), torch.device("cuda", 0)) == "fp16"
+    assert runtime._precision(RuntimeConfig(), torch.device("cuda", 0)) == "fp16"
+
+
+def test_config_is_strict() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        RuntimeConfig.model_validate({"precision": "fp8"})
+    with pytest.raises(pydantic.ValidationError):
+        RuntimeConfig.model_validate({"channels_last": "yes"})
+    with pytest.raises(pydantic.ValidationError):
+        RuntimeConfig.model_validate({"tf32": 1})
+    with pytest.raises(pydantic.ValidationError):
+        RuntimeConfig.model_validate({"graphs": True})
+    assert RuntimeConfig.model_validate({"channels_last": True}).channels_last is True
+
+
+def test_channels_last_prepares_module_and_input_and_keeps_values() -> None:
+    net = _small_conv().eval()
+    x = torch.randn(4, 3, 8, 8)
+    ref = net(x)
+    rt = resolve({"channels_last": True}, CPU)
+    rt.prepare_module(net)
+    xi = rt.prepare_input(x)
+    assert xi.is_contiguous(memory_format=torch.channels_last)
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert rt.prepare_input(torch.randn(4, 3)).is_contiguous()
+    torch.testing.assert_close(net(xi), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32() -> None:
+    net = _small_conv().eval()
+    x = torch.randn(16, 3, 16, 16)
+    ref = net(x)
+    rt = resolve({"precision": "bf16"}, CPU)
+    assert rt.precision == "bf16"
+    with rt.autocast():
+        out = net(x)
+    assert out.dtype == torch.bfloat16
+    # bf16 keeps 8 mantissa bits: relative error ~ 2^-8 per op, a few ops deep
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
+
+
+def test_apply_global_is_a_noop_on_cpu() -> None:
+    before = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32)
+    resolve(RuntimeConfig(), CPU).apply_global()
+    assert (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_mps_status_without_the_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    assert runtime.mps_status() in ("off", "unavailable")
+    (tmp_path / "control").touch()
+    assert runtime.mps_status() == "running"
+    assert runtime.start_mps() == "running"
+
+
+def _train_steps(net: nn.Module, step_fn, steps: int = 3) -> list[float]:
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(8, 3, 8, 8, generator=g)
+        y = torch.randint(0, 4, (8,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss = step_fn(net, x, y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(net(x), y)
+
+
+@pytest.mark.slow
+def test_compile_default_equals_eager_on_cpu() -> None:
+    """Inductor on the CPU reorders float reductions: equal within rtol = atol = 1e-4 over 3 SGD steps."""
+    rt = resolve({"compile": "default"}, CPU)
+    if rt.compile_mode != "default":
+        pytest.skip("torch.compile is unusable here (no C compiler)")
+    eager = _small_conv()
+    compiled = _small_conv()
+    ref = _train_steps(eager, _loss)
+    got = _train_steps(compiled, rt.compile(_loss))
+    assert got == pytest.approx(ref, rel=1e-4, abs=1e-4)
+    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU; none is present"
+)
+def test_cudagraphs_step_equals_eager_on_gpu() -> None:
+    dev = torch.device("cuda", 0)
+    rt = resolve({"compile": "cudagraphs", "precision": "fp32", "channels_last": False, "tf32": False}, dev)
+    rt.apply_global()
+    eager = _small_conv().to(dev)
+    graphed = _small_conv().to(dev)
+    x = torch.randn(8, 3, 8, 8, device=dev)
+    y = torch.randint(0, 4, (8,), device=dev)
+    step = rt.compile(_loss)
+    for _ in range(3):
+        torch.testing.assert_close(step(graphed, x, y).clone(), _loss(eager, x, y), rtol=1e-4, atol=1e-4)

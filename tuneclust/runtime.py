@@ -1,0 +1,272 @@
+"""How a trial runs on its device: precision, memory layout, compilation and global backend flags.
+
+The spec's ``runtime:`` section is a :class:`RuntimeConfig`. :func:`resolve` turns it into a :class:`Runtime`
+for one device: ``auto`` is fast on a GPU (bf16 autocast where the GPU supports it, else fp16 with a grad scaler;
+channels_last for conv nets; the train step captured in CUDA graphs through ``torch.compile(mode=
+"reduce-overhead")``) and exact on the CPU (fp32, contiguous, eager). A setting asked for explicitly that
+cannot apply falls back with one clear :class:`RuntimeWarning` each (the CPU has no CUDA graphs, an old GPU has
+no bf16, ``torch.compile`` is missing). :meth:`Runtime.tags` says what was actually used, for MLflow.
+
+This module needs torch and pydantic only (no Ray, no MLflow).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+T = TypeVar("T")
+
+MPS_PIPE_DIR = "/tmp/nvidia-mps"
+"""The MPS control daemon's default pipe directory (``CUDA_MPS_PIPE_DIRECTORY`` overrides it)."""
+
+
+class RuntimeConfig(BaseModel):
+    """The spec's ``runtime:`` section. Defaults are fast on a GPU and exact on the CPU."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast dtype of the forward pass (master weights and optimiser stay fp32). ``auto``: bf16 on a GPU that
+    supports it, else fp16 (with a grad scaler) on a GPU; fp32 on the CPU."""
+    channels_last: Literal["auto"] | bool = "auto"
+    """NHWC memory layout for conv nets and their 4-d inputs. ``auto``: on a GPU, off on the CPU."""
+    compile: Literal["auto", "none", "default", "cudagraphs"] = "auto"
+    """``torch.compile`` of the train step: ``none`` (eager), ``default`` (inductor), ``cudagraphs``
+    (``mode="reduce-overhead"``: kernels captured in CUDA graphs, GPU only). ``auto``: cudagraphs on a GPU,
+    none on the CPU."""
+    tf32: bool = True
+    """Allow TF32 matmuls and convolutions on Ampere and newer GPUs (no effect on the CPU)."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN pick the fastest convolution algorithm for the (static) shapes (no effect on the CPU)."""
+    mps: Literal["detect", "start"] = "detect"
+    """CUDA MPS (several trials sharing one GPU): ``detect`` only reports whether the daemon runs; ``start``
+    starts it with ``nvidia-cuda-mps-control -d`` before the sweep if it is not running (you must own the GPU)."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"runtime: {message}", RuntimeWarning, stacklevel=3)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 autocast natively (CPU: yes; CUDA: compute capability >= 8.0)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    return device.type == "cpu"
+
+
+class _NoScaler:
+    """Stands in for :class:`torch.amp.GradScaler` when no loss scaling is needed (fp32, bf16)."""
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    def update(self) -> None:
+        return None
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        return None
+
+    def is_enabled(self) -> bool:
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+@dataclass
+class Runtime:
+    """A :class:`RuntimeConfig` resolved for one device: only settings that apply there.
+
+    Attributes:
+        device: the trial's device.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        channels_last: whether modules and 4-d inputs use NHWC.
+        compile_mode: ``none``, ``default`` or ``cudagraphs`` (applied by :meth:`compile`).
+        tf32: TF32 allowed (CUDA only; False on the CPU).
+        cudnn_benchmark: cuDNN autotuning (CUDA only; False on the CPU).
+    """
+
+    device: torch.device
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile_mode: str = "none"
+    tf32: bool = False
+    cudnn_benchmark: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision == "fp16":
+            self.scaler: Any = torch.amp.GradScaler(self.device.type)
+        else:
+            self.scaler = _NoScaler()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The autocast dtype (float32 when autocast is off)."""
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """A context manager for the forward pass and loss: autocast to :attr:`dtype`, or nothing for fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def prepare_module(self, net: torch.nn.Module) -> torch.nn.Module:
+        """Move ``net`` to channels_last if that is on (in place; returned for chaining)."""
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)
+        return net
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A 4-d image batch in channels_last if that is on; anything else unchanged."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def compile(self, fn: T) -> T:
+        """``fn`` (a function or module) compiled as configured; ``fn`` itself for ``none``."""
+        if self.compile_mode == "none":
+            return fn
+        mode = "reduce-overhead" if self.compile_mode == "cudagraphs" else "default"
+        return torch.compile(fn, mode=mode)  # type: ignore[return-value]
+
+    def apply_global(self) -> None:
+        """Set the process-wide backend flags (TF32, cudnn.benchmark). A no-op on the CPU."""
+        if self.device.type != "cuda":
+            return
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+
+    def tags(self) -> dict[str, str]:
+        """What this trial actually runs with, as ``runtime.<key>`` strings (MLflow tags/params)."""
+        return {
+            "runtime.device": str(self.device),
+            "runtime.precision": self.precision,
+            "runtime.channels_last": str(self.channels_last).lower(),
+            "runtime.compile": self.compile_mode,
+            "runtime.tf32": str(self.tf32).lower(),
+            "runtime.cudnn_benchmark": str(self.cudnn_benchmark).lower(),
+        }
+
+
+def compile_available() -> bool:
+    """Whether ``torch.compile`` exists and its default inductor backend can build (needs a C compiler on CPU)."""
+    if not hasattr(torch, "compile"):
+        return False
+    return any(shutil.which(cc) for cc in (os.environ.get("CC", "gcc"), "gcc", "cc", "clang"))
+
+
+def _precision(cfg: RuntimeConfig, device: torch.device) -> str:
+    gpu = device.type == "cuda"
+    if cfg.precision == "auto":
+        if not gpu:
+            return "fp32"
+        return "bf16" if bf16_supported(device) else "fp16"
+    if cfg.precision == "bf16" and gpu and not bf16_supported(device):
+        _warn(f"precision bf16 is not supported by {device} (compute capability < 8.0): using fp16")
+        return "fp16"
+    if cfg.precision == "fp16" and not gpu:
+        _warn(f"precision fp16 needs a GPU (a grad scaler on {device} is not supported): using fp32")
+        return "fp32"
+    return cfg.precision
+
+
+def _compile(cfg: RuntimeConfig, device: torch.device) -> str:
+    if cfg.compile == "none" or (cfg.compile == "auto" and device.type != "cuda"):
+        return "none"
+    want = "cudagraphs" if cfg.compile == "auto" else cfg.compile
+    if not compile_available():
+        _warn(
+            f"compile {cfg.compile} needs torch.compile and a C compiler, neither usable here: running eager"
+        )
+        return "none"
+    if want == "cudagraphs" and device.type != "cuda":
+        _warn(f"compile cudagraphs needs a CUDA device, not {device}: using compile default (inductor)")
+        return "default"
+    return want
+
+
+def resolve(cfg: RuntimeConfig | dict[str, Any] | None, device: torch.device | str) -> Runtime:
+    """The settings of ``cfg`` that apply on ``device``; one :class:`RuntimeWarning` per explicit fallback."""
+    device = torch.device(device)
+    if cfg is None:
+        cfg = RuntimeConfig()
+    elif isinstance(cfg, dict):
+        cfg = RuntimeConfig.model_validate(cfg)
+    gpu = device.type == "cuda"
+    channels_last = gpu if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    return Runtime(
+        device=device,
+        precision=_precision(cfg, device),
+        channels_last=channels_last,
+        compile_mode=_compile(cfg, device),
+        tf32=cfg.tf32 and gpu,
+        cudnn_benchmark=cfg.cudnn_benchmark and gpu,
+    )
+
+
+# CUDA MPS -----------------------------------------------------------------------------------------------------
+def mps_pipe_dir() -> Path:
+    """The MPS pipe directory this process would use."""
+    return Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DIR))
+
+
+def mps_status() -> str:
+    """``running`` if the MPS control daemon's pipe exists, ``off`` if MPS is installed but not running,
+    ``unavailable`` where ``nvidia-cuda-mps-control`` is not installed."""
+    if (mps_pipe_dir() / "control").exists():
+        return "running"
+    if shutil.which("nvidia-cuda-mps-control") is None:
+        return "unavailable"
+    return "off"
+
+
+def start_mps() -> str:
+    """Start the MPS daemon (``nvidia-cuda-mps-control -d``) unless it runs; return :func:`mps_status` after.
+
+    Raises:
+        RuntimeError: MPS is not installed, or the daemon could not be started (e.g. the GPU is not yours).
+    """
+    status = mps_status()
+    if status == "running":
+        return status
+    if status == "unavailable":
+        raise RuntimeError("runtime.mps start: nvidia-cuda-mps-control is not installed on this machine")
+    done = subprocess.run(["nvidia-cuda-mps-control", "-d"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"runtime.mps start: nvidia-cuda-mps-control -d failed: {done.stderr.strip()}")
+    return mps_status()
+
+
+@contextlib.contextmanager
+def no_warnings() -> Iterator[None]:
+    """Silence runtime fallback warnings (for callers that already reported them once)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def describe(rt: Runtime) -> str:
+    """One line: the runtime actually used, e.g. ``cuda:0 bf16 channels_last cudagraphs``."""
+    parts = [str(rt.device), rt.precision]
+    if rt.channels_last:
+        parts.append("channels_last")
+    parts.append("eager" if rt.compile_mode == "none" else f"compile={rt.compile_mode}")
+    return " ".join(parts)
