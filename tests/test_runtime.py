@@ -184,3 +184,18 @@ def test_cudagraphs_step_equals_eager_on_gpu() -> None:
     step = rt.compile(_loss)
     for _ in range(3):
         torch.testing.assert_close(step(graphed, x, y).clone(), _loss(eager, x, y), rtol=1e-4, atol=1e-4)
+
+
+def test_spec_runtime_section_reaches_the_trial_plan(tmp_path) -> None:
+    from tuneclust.spec import SpecError, load_spec
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: rt\nmethod: idfd\nbudget: {epochs: 1}\nruntime: {precision: bf16, channels_last: false}\n"
+    )
+    spec = load_spec(path)
+    assert spec.runtime.precision == "bf16" and spec.runtime.channels_last is False
+    assert resolve(spec.runtime.model_dump(), CPU).precision == "bf16"
+    path.write_text("name: rt\nmethod: idfd\nbudget: {epochs: 1}\nruntime: {precision: fp8}\n")
+    with pytest.raises(SpecError, match="runtime"):
+        load_spec(path)

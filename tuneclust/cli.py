@@ -198,6 +198,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"\n{spec.name}: {len(results)} trials: {counts['terminated']} finished, {counts['errored']} errored, "
         f"{counts['unfinished']} unfinished"
     )
+    if spec.resources.gpu > 0:
+        from tuneclust.runtime import mps_line
+
+        print(mps_line("detect", spec.resources.gpu))
     try:
         print(report.ranking_text(out, top=10))
     except FileNotFoundError:

@@ -255,6 +255,20 @@ def start_mps() -> str:
     return mps_status()
 
 
+def mps_line(mode: str = "detect", gpu_share: float = 1.0) -> str:
+    """The sweep's one line about CUDA MPS; with ``mode == "start"`` the daemon is started first if needed.
+
+    Raises:
+        RuntimeError: ``start`` was asked for and the daemon cannot be started.
+    """
+    status = start_mps() if mode == "start" else mps_status()
+    packed = 0 < gpu_share < 1
+    hint = ""
+    if packed and status == "off":
+        hint = " (trials share a GPU: set runtime.mps: start, or run `nvidia-cuda-mps-control -d`, to overlap them)"
+    return f"CUDA MPS: {status}{hint}"
+
+
 @contextlib.contextmanager
 def no_warnings() -> Iterator[None]:
     """Silence runtime fallback warnings (for callers that already reported them once)."""

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tuneclust import metrics
 from tuneclust.data.registry import DATASETS, DataConfig, check_data
 from tuneclust.plan import merge
+from tuneclust.runtime import RuntimeConfig
 from tuneclust.space import SearchSpace
 from tuneclust.yamlsafe import YamlError, clip, first_non_finite, short
 from tuneclust.yamlsafe import decode as decode_spec
@@ -239,6 +240,8 @@ class Spec(_Strict):
     scheduler: SchedulerSpec = Fifo()
     objective: Objective = Objective()
     resources: Resources = Resources()
+    runtime: RuntimeConfig = RuntimeConfig()
+    """How each trial runs on its device (precision, channels_last, compile, TF32, cuDNN, MPS): tuneclust.runtime."""
     max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
     max_failures: int = Field(default=0, ge=0, le=1000)
     """Retries of a crashed trial (from its last checkpoint) before it is recorded as errored."""

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tuneclust import preflight, progress, report, tracking
+from tuneclust import preflight, progress, report, runtime, tracking
 from tuneclust.data.registry import DataError, prepare_data
 from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
@@ -349,6 +349,11 @@ def run_sweep(
             log_to_driver=verbose >= progress.RAY_REPORTER,
             logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
         )
+    if spec.resources.gpu > 0:
+        try:
+            print(runtime.mps_line(spec.runtime.mps, spec.resources.gpu), flush=True)
+        except RuntimeError as e:
+            raise SweepError(str(e)) from None
     if address is not None:
         try:
             preflight.check_cluster(spec)
