@@ -120,12 +120,17 @@ class TrialLoop:
             torch.cuda.synchronize(self.device)
 
     def evaluate(self) -> dict[str, float]:
-        """The method's evaluation, checked for non-finite values, scored by :mod:`tuneclust.metrics`."""
+        """The method's evaluation, checked for non-finite values, scored by :mod:`tuneclust.metrics`
+        (k-means on the trial's device); ``eval_embed_s`` is the embedding's share of the evaluation time."""
         m = self.method
+        t0 = time.perf_counter()
         ev = m.evaluate()
+        embed_s = time.perf_counter() - t0
         arrays = {"embedding": ev.embedding, **{f"view {k}": v for k, v in ev.views.items()}}
         m.check_finite({k: v for k, v in arrays.items() if v is not None}, "embedding", epoch=m.epoch)
-        return metrics.score_evaluation(ev, self.labels, self.num_classes, self.n_init, self.seed)
+        out = metrics.score_evaluation(ev, self.labels, self.num_classes, self.n_init, self.seed, self.device)
+        out["eval_embed_s"] = embed_s
+        return out
 
     def run(self) -> Iterator[dict[str, float]]:
         """Train to ``plan.epochs``; yield the metrics at every evaluation (and after the last epoch)."""
