@@ -1,4 +1,4 @@
-"""``python -m tuneclust {sweep,validate,train,report,list,features}``: the command line.
+"""``python -m tuneclust {sweep,validate,train,estimate,report,list,features}``: the command line.
 
 Bad input (a spec, an override, a path) gets one line on stderr naming the file and the field, and exit code 2;
 nothing is written before the input has been validated.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -100,10 +101,57 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--keys", metavar="METHOD", nargs="?", const="all",
                     help="print the config keys of METHOD (or all) as Markdown tables: type, default, meaning")  # fmt: skip
 
+    _add_estimate(sub.add_parser("estimate", help="time one trial here and predict the study's wall time and "
+                                 "GPU-hours"), add_set)  # fmt: skip
+
     f = sub.add_parser("features", help="extract ImageNet ResNet50 features of a dataset into an .npz (for CDC)",
                        add_help=False)  # fmt: skip
     f.add_argument("rest", nargs=argparse.REMAINDER)
     return p
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _add_estimate(e: argparse.ArgumentParser, add_set: Any) -> None:
+    e.add_argument("spec")
+    add_set(e)
+    e.add_argument(
+        "--device", default="auto", help="where to time the trial: auto (a GPU if any) | cpu | cuda"
+    )
+    e.add_argument("--epochs", type=_positive(int), default=2, help="timed epochs after one warm-up epoch")
+    e.add_argument("--images", type=_positive(int), default=2048,
+                   help="time on a seeded subsample of at most this many images (scaled to the dataset)")  # fmt: skip
+    e.add_argument("--gpus", type=_positive(int), help="GPUs the study will use (default: this machine's)")
+    e.add_argument(
+        "--cpus", type=_positive(int), help="CPU cores the study will use (default: this machine's)"
+    )
+    e.add_argument("--pack-gain", type=_positive(float), default=1.0,
+                   help="packed trials on one GPU together run this many times as fast as one alone "
+                   "(default 1: no gain; measure it with benchmarks/gpu.py)")  # fmt: skip
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from tuneclust.data.registry import DataError
+    from tuneclust.estimate import main_args
+    from tuneclust.spec import SpecError
+
+    try:
+        spec = _load(args.spec, args.overrides)
+    except SpecError as e:
+        return _fail(str(e))
+    try:
+        print(main_args(spec, args))
+    except DataError as e:
+        return _fail(f"data: {e}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": cmd_sweep,
         "validate": cmd_validate,
         "train": cmd_train,
+        "estimate": cmd_estimate,
         "report": cmd_report,
         "list": cmd_list,
     }[args.command](args)
