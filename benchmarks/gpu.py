@@ -303,9 +303,10 @@ def sweep_overhead(npz: Path, args: argparse.Namespace) -> tuple[float | None, s
         import ray  # noqa: F401
     except ImportError:
         return None, "skipped: Ray is not installed here"
+    from tuneclust.plan import SweepPlan
     from tuneclust.spec import load_spec
     from tuneclust.sweep import run_sweep
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     trials, epochs = 4, 2 if args.device == "cpu" else 5
     with tempfile.TemporaryDirectory() as d:
@@ -320,10 +321,9 @@ def sweep_overhead(npz: Path, args: argparse.Namespace) -> tuple[float | None, s
         )
         spec = load_spec(spec_file)
         t0 = time.perf_counter()
+        sweep_plan = SweepPlan.from_spec(spec)
         for seed in range(trials):
-            cfg, data = spec.resolve({"seed": seed, "arm": spec.arms[0]})
-            plan = TrialPlan("idfd", cfg, data, epochs, epochs, 1.0, 0.0)
-            plan.runtime = spec.runtime.model_dump()
+            plan = sweep_plan.trial({"seed": seed, "arm": spec.arms[0]})
             list(TrialLoop(plan, torch.device(args.device)).run())
         direct = time.perf_counter() - t0
         t0 = time.perf_counter()

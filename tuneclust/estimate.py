@@ -15,12 +15,13 @@ of the schedulers are ignored; packed trials together run ``pack_gain`` times as
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from tuneclust.data.registry import DataConfig, load_dataset
+from tuneclust.plan import SweepPlan
 from tuneclust.runtime import describe, resolve
 from tuneclust.spec import Asha, Fifo, Hyperband, Median, Pbt, Spec
 from tuneclust.trainable import TrialLoop, TrialPlan
@@ -129,13 +130,12 @@ def concurrency(spec: Spec, gpus: int, cpus: int, pack_gain: float) -> tuple[int
 def _timing_plan(spec: Spec, images: int, epochs: int, seed_subsample: bool) -> tuple[TrialPlan, int]:
     point = {k: d.representative() for k, d in spec.search.items()}
     point["arm"] = spec.arms[0]
-    cfg, data = spec.resolve(point)
+    trial = SweepPlan.from_spec(spec).trial(point)
+    data = trial.data
     n_full = len(load_dataset(DataConfig.model_validate(data)).y)
     if seed_subsample and n_full > images:
         data = {**data, "subsample": images}
-    plan = TrialPlan(spec.method, cfg, data, epochs + 1, 1, spec.resources.cpu, spec.resources.gpu)
-    plan.runtime = spec.runtime.model_dump()
-    return plan, n_full
+    return replace(trial, data=data, epochs=epochs + 1, eval_every=1), n_full
 
 
 def estimate(

@@ -110,6 +110,12 @@ class Runtime:
     tf32: bool = False
     cudnn_benchmark: bool = False
 
+    @property
+    def static_shapes(self) -> bool:
+        """Whether every batch must have the same shape (compiled steps: no ragged last batch to recompile or
+        re-capture for)."""
+        return self.compile_mode != "none"
+
     def __post_init__(self) -> None:
         if self.precision == "fp16":
             self.scaler: Any = torch.amp.GradScaler(self.device.type)
