@@ -199,3 +199,16 @@ def test_spec_runtime_section_reaches_the_trial_plan(tmp_path) -> None:
     path.write_text("name: rt\nmethod: idfd\nbudget: {epochs: 1}\nruntime: {precision: fp8}\n")
     with pytest.raises(SpecError, match="runtime"):
         load_spec(path)
+
+
+def test_mps_line_names_the_status_and_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert runtime.mps_line("detect", 0.25).startswith(
+        "CUDA MPS: off (trials share a GPU: set runtime.mps: start"
+    )
+    assert runtime.mps_line("detect", 1.0) == "CUDA MPS: off"
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
+    assert runtime.mps_line("detect", 0.25) == "CUDA MPS: unavailable"
+    with pytest.raises(RuntimeError, match="not installed"):
+        runtime.mps_line("start", 0.25)
