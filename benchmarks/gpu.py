@@ -85,6 +85,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=None, help="synthetic images (default 16384; --quick 64)")
     p.add_argument("--steps", type=int, default=None, help="IDFD steps per epoch (default 100; --quick 2)")
     p.add_argument(
+        "--backbone", default=None, help="IDFD and reference backbone (default resnet18; --quick convnet)"
+    )
+    p.add_argument(
         "--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS)
     )
     p.add_argument(
@@ -95,6 +98,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.n = args.n or (64 if args.quick else 16384)
     args.steps = args.steps or (2 if args.quick else 100)
+    args.backbone = args.backbone or ("convnet" if args.quick else "resnet18")
     args.methods = [m for m in args.methods.split(",") if m]
     bad = [m for m in args.methods if m not in METHODS]
     if bad:
@@ -116,9 +120,7 @@ def method_config(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
     cfg: dict[str, Any] = dict(get_method(method).smoke_overrides) if args.quick else {}
     if method == "idfd":
-        cfg.update(
-            backbone="convnet" if args.quick else "resnet18", batch_size=128, max_steps_per_epoch=args.steps
-        )
+        cfg.update(backbone=args.backbone, batch_size=128, max_steps_per_epoch=args.steps)
     cfg["kmeans_n_init"] = 1
     return cfg
 
@@ -184,7 +186,7 @@ def reference_images_per_s(npz: Path, args: argparse.Namespace, device: torch.de
 
     data = load_dataset(DataConfig(name="npz", root=str(npz)))
     targs = SimpleNamespace(
-        backbone="convnet" if args.quick else "resnet18",
+        backbone=args.backbone,
         batch_size=128,
         max_steps=args.steps,
         seed=0,
