@@ -84,7 +84,9 @@ scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
         assert run.data.tags["seed"] == str(row["config.seed"]) and run.data.tags["dataset"] == "digits"
         assert float(run.data.params["config.lr"]) == row["config.lr"]
         assert run.data.params["config.variant"] == row["config.variant"]
-        if row["status"] == "TERMINATED":
+        if row["status"] == "TERMINATED":  # the runtime the trial actually used (CPU: fp32, eager)
+            assert row["runtime.device"] == "cpu" and run.data.tags["runtime.precision"] == "fp32"
+            assert run.data.tags["runtime.compile"] == "none"
             history = client.get_metric_history(run.info.run_id, "acc")
             assert [m.step for m in history] == list(range(1, int(row["epochs_run"]) + 1))
             assert history[-1].value == pytest.approx(row["final.acc"])

@@ -138,6 +138,7 @@ class TrackingCallback(tune.Callback):
             "tables": tracking.ResultTables(self.sweep_dir, resume),
             "idents": {},
             "initial": {},
+            "runtime": {},
             "last": {},
             "started": {},
         }
@@ -199,6 +200,11 @@ class TrackingCallback(tune.Callback):
             if k not in RAY_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
         }
         self._live["last"][trial.trial_id] = values
+        runtime = {k: v for k, v in result.items() if k.startswith("runtime.") and isinstance(v, str)}
+        if runtime and trial.trial_id not in self._live["runtime"]:  # what the trial actually ran with
+            self._live["runtime"][trial.trial_id] = runtime
+            if (mlf := self._live.get("mlflow")) is not None:
+                mlf.set_trial_tags(trial.trial_id, runtime)
         ident = self._ident(trial, result.get("config"))  # the config in force at this evaluation (PBT)
         self.tables.add_eval(trial.trial_id, ident, values)
         mlf = self._live.get("mlflow")
@@ -214,6 +220,7 @@ class TrackingCallback(tune.Callback):
         ident = dict(self._ident(trial))  # the final config
         initial = self._live["initial"].get(trial.trial_id, ident)
         ident.update({f"initial.{k}": v for k, v in initial.items() if ident.get(k) != v})
+        ident.update(self._live["runtime"].get(trial.trial_id, {}))
         last = self._live["last"].get(trial.trial_id)
         wall = float(last.get("time_total_s", 0.0)) if last else None
         started = self._live["started"].get(trial.trial_id)

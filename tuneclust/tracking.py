@@ -156,6 +156,13 @@ class MlflowTracker:
         for i in range(0, len(batch), 1000):
             self.client.log_batch(run_id, metrics=batch[i : i + 1000])
 
+    def set_trial_tags(self, trial_id: str, tags: dict[str, str]) -> None:
+        """Tags on a trial's child run (e.g. the runtime it actually used)."""
+        from mlflow.entities import RunTag
+
+        if (run_id := self.children.get(trial_id)) is not None:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def end_trial(self, trial_id: str, status: str, error: str | None = None) -> None:
         run_id = self.children.get(trial_id)
         if run_id is None:

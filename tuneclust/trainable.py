@@ -96,7 +96,12 @@ class TrialLoop:
         data = dataset if dataset is not None else load_dataset(DataConfig.model_validate(plan.data))
         self.labels = data.y
         self.num_classes = data.num_classes
-        self.method = cls(cfg, data.to(device), device, plan.epochs, runtime=_runtime(plan.runtime, device))
+        runtime = _runtime(plan.runtime, device)
+        self.method = cls(cfg, data.to(device), device, plan.epochs, runtime=runtime)
+        self.runtime_tags: dict[str, str] = (
+            runtime.tags() if runtime is not None else {"runtime.device": str(device)}
+        )
+        """What the trial actually runs with (after fallbacks): reported with every result, kept as MLflow tags."""
         self.method.label = label or f"seed {cfg.seed}"
 
     def state(self) -> dict[str, Any]:
@@ -153,6 +158,7 @@ class TrialLoop:
             out["step"] = m.steps
             out["images_per_s"] = (m.images_seen - images0) / train_time if train_time > 0 else float("nan")
             out["eval_time_s"] = time.perf_counter() - t1
+            out.update(self.runtime_tags)
             images0, train_time = m.images_seen, 0.0
             yield out
 
