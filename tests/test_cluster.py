@@ -247,3 +247,22 @@ def test_losing_a_worker_node_restarts_its_trials_from_checkpoints(cluster, s3, 
     failed = [k for k in _keys(s3, "node") if k.endswith("error.txt")]
     assert failed, "no trial was interrupted by the node loss"
     _no_local_results(work)
+
+
+def test_cluster_yaml_passes_rays_own_validation():
+    import ray
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    config = prepare_config(raw)
+    validate_config(config)
+    assert config["available_node_types"]["head"]["resources"] == {"CPU": 0}
+    workers = [t for n, t in config["available_node_types"].items() if n != "head"]
+    assert workers and all(t["min_workers"] == 0 for t in workers)
+    pinned = (ROOT / "requirements" / "constraints.txt").read_text()
+    assert f"ray=={ray.__version__}" in pinned and config["docker"]["image"].startswith(
+        f"rayproject/ray:{ray.__version__}-"
+    )
+    assert "-c requirements/constraints.txt" in " ".join(config["setup_commands"])
+    assert {"**/.venv", "**/runs/**", "**/data/**"} <= set(config["rsync_exclude"])
