@@ -308,6 +308,7 @@ def run_sweep(
             raise SweepError(
                 f"{out} already holds results: pass --resume to continue it, or --overwrite to start over"
             )
+    _prepare_data(spec)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
     if address is not None:
@@ -372,12 +373,22 @@ def _consolidate(out: Location) -> None:
         tracking.ResultTables(out, resume=True).consolidate()
 
 
+def _prepare_data(spec: Spec) -> None:
+    """Download and cache torchvision data once in the driver (trials would race); offline errors surface here."""
+    for data in spec.data_configs():
+        try:
+            prepare_data(data)
+        except DataError as e:
+            raise SweepError(f"data: {e}") from None
+
+
 def _share_datasets(spec: Spec) -> dict[str, Any]:
     """Load each dataset of the sweep once in the driver and put it in Ray's object store, so a trial on any
     node fetches it from there (once per node) instead of needing files only the driver's node has.
 
     A dataset above ``data.object_store_max_mb`` is not shared: each trial loads it from ``data.root`` (which
-    must then be a path every node can read). Offline/missing-data errors surface here, before any trial.
+    must then be a path every node can read). Trials whose data section differs from these (a searched
+    ``data.<field>`` other than the name) load their own.
 
     Returns:
         ``dataset_key(data) -> ObjectRef`` for the shared datasets.
@@ -386,8 +397,9 @@ def _share_datasets(spec: Spec) -> dict[str, Any]:
 
     refs: dict[str, Any] = {}
     for data in spec.data_configs():
+        if data.object_store_max_mb <= 0:
+            continue  # sharing off: every trial loads from data.root
         try:
-            prepare_data(data)  # torchvision: download/verify and decode-cache once (trials would race)
             ds = load_dataset(data)
         except DataError as e:
             raise SweepError(f"data: {e}") from None
