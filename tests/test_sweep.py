@@ -16,6 +16,7 @@ import pytest
 from tuneclust.cli import main
 from tuneclust.spec import load_spec
 from tuneclust.sweep import run_sweep
+from tuneclust.tracking import read_tables
 
 BASE = """
 name: {name}
@@ -184,9 +185,10 @@ def test_train_runs_one_trial_without_ray(tmp_path, capsys, mlflow_uri):
     assert not (tmp_path / "runs").exists()
 
 
-def _rows(path: Path) -> int:
+def _rows(sweep: Path) -> int:
+    """Finished trials so far (the per-trial parts: the whole tables are written at the end)."""
     try:
-        return len(pd.read_parquet(path))
+        return len(read_tables(sweep)[0])
     except Exception:
         return 0
 
@@ -205,13 +207,14 @@ max_concurrent: 1
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 240
-    while _rows(out / "trials.parquet") < 2 and time.time() < deadline and proc.poll() is None:
+    while _rows(out) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
     time.sleep(3)  # let Ray's experiment state catch up (checkpoint period 1 s here)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = pd.read_parquet(out / "trials.parquet")
+    assert not (out / "trials.parquet").exists()  # killed: only the per-trial parts are there
+    before = read_tables(out)[0]
     assert 2 <= len(before) < 5
     r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-2000:]

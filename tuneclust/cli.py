@@ -92,9 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto (a GPU if there is one) | cpu | cuda | cuda:N")
 
     r = sub.add_parser("report", help="rank trials, plot metrics against parameters, tabulate arms")
-    r.add_argument("sweep_dir", help="a sweep's results folder, STORAGE/NAME")
+    r.add_argument("sweep_dir", help="a sweep's results folder or URI, STORAGE/NAME")
     r.add_argument("--metric", help="metric to rank and plot (default: the sweep's objective)")
-    r.add_argument("--out", help="where plots and tables go (default: SWEEP_DIR/report)")
+    r.add_argument(
+        "--out", help="where plots and tables go (default: SWEEP_DIR/report; ./NAME-report for a URI)"
+    )
     r.add_argument("--top", type=int, default=20, help="rows of the ranking to print")
 
     ls = sub.add_parser("list", help="methods, datasets, searchers, schedulers, metrics")
@@ -207,7 +209,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from tuneclust.spec import SpecError, load_spec
+    import yaml
+
+    from tuneclust.spec import SpecError, validate_spec
+    from tuneclust.sweep import SweepError
 
     try:
         spec = with_header_description(_load(args.spec, args.overrides, args.smoke), args.spec)
@@ -215,9 +220,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             from tuneclust.sweep import sweep_dir
 
             stored = sweep_dir(spec, args.storage) / "spec.yaml"
-            if stored.exists():
-                spec = load_spec(stored)
-    except SpecError as e:
+            if stored.exists():  # the sweep's own spec (maybe on object storage), written by run_sweep
+                spec = validate_spec(yaml.safe_load(stored.read_text()), str(stored))
+    except (SpecError, SweepError) as e:
         return _fail(str(e))
     except OSError as e:  # a results path the filesystem refuses (name too long, ...)
         return _fail(f"{args.spec}: storage: {e.strerror or type(e).__name__}")
@@ -255,7 +260,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(report.ranking_text(out, top=10))
     except FileNotFoundError:
         pass
-    print(f"results: {out}/trials.parquet, {out}/epochs.parquet")
+    print(f"results: {out / 'trials.parquet'}, {out / 'epochs.parquet'}")
     print(f"report:  python -m tuneclust report {out}")
     ui = mlflow_ui_command(spec)
     if ui:
@@ -350,10 +355,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from tuneclust import report
+    from tuneclust.storage import StorageError
+    from tuneclust.tracking import has_tables
 
-    path = Path(args.sweep_dir)
-    if not (path / "trials.parquet").exists():
-        return _fail(f"{path}: no trials.parquet here (expected a sweep's results folder, STORAGE/NAME)")
+    path = args.sweep_dir
+    try:
+        if not has_tables(path):
+            return _fail(f"{path}: no trials.parquet here (expected a sweep's results folder, STORAGE/NAME)")
+    except StorageError as e:
+        return _fail(str(e))
     written = report.write_report(path, metric=args.metric, out=args.out)
     print(report.ranking_text(path, metric=args.metric, top=args.top))
     for f in written:

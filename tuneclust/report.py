@@ -24,6 +24,8 @@ import pandas as pd
 import yaml
 
 from tuneclust.metrics import metric_mode
+from tuneclust.storage import Location, locate
+from tuneclust.tracking import read_tables
 
 CONFIG = "config."
 METRIC_NAMES = {"acc": "ACC", "nmi": "NMI", "ari": "ARI", "silhouette": "silhouette", "loss": "loss"}
@@ -75,16 +77,14 @@ def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_results(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, epochs) of a sweep folder; ``epochs`` is empty if no evaluation was recorded."""
-    d = Path(sweep_dir)
-    trials = pd.read_parquet(d / "trials.parquet")
-    epochs = pd.read_parquet(d / "epochs.parquet") if (d / "epochs.parquet").exists() else pd.DataFrame()
-    return trials, epochs
+def load_results(sweep_dir: str | Path | Location) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, epochs) of a sweep folder or URI (:func:`tuneclust.tracking.read_tables`: the whole tables, or
+    the per-trial parts a crashed driver left); ``epochs`` is empty if no evaluation was recorded."""
+    return read_tables(sweep_dir)
 
 
-def load_spec_dict(sweep_dir: str | Path) -> dict[str, Any]:
-    path = Path(sweep_dir) / "spec.yaml"
+def load_spec_dict(sweep_dir: str | Path | Location) -> dict[str, Any]:
+    path = locate(sweep_dir) / "spec.yaml"
     return yaml.safe_load(path.read_text()) if path.exists() else {}
 
 
@@ -104,7 +104,7 @@ def dataset_name(sweep_dir: str | Path) -> str:
     (e.g. ``cifar10_r50``), so that tables name what was clustered.
     """
     data = load_spec_dict(sweep_dir).get("data") or {}
-    return _dataset_label(data.get("name") or Path(sweep_dir).name, data.get("root"))
+    return _dataset_label(data.get("name") or locate(sweep_dir).name, data.get("root"))
 
 
 def load_trials(sweep_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
@@ -404,8 +404,10 @@ def write_report(
     sweep_dir: str | Path, metric: str | None = None, out: str | Path | None = None
 ) -> list[Path]:
     """Ranking table, one metric-vs-parameter plot per searched parameter, and an ablation table if arms."""
-    sweep_dir = Path(sweep_dir)
-    out = Path(out) if out else sweep_dir / "report"
+    here = locate(sweep_dir)
+    if out is None:  # next to the tables; a sweep on object storage reports into ./<name>-report
+        out = Path(here.path) / "report" if here.local else Path(f"{here.name}-report")
+    out = Path(out)
     trials, _ = load_results(sweep_dir)
     metric = metric or objective(sweep_dir)[0]
     col = metric_column(metric)

@@ -247,7 +247,7 @@ class Spec(_Strict):
     """Retries of a crashed trial (from its last checkpoint) before it is recorded as errored."""
     tracking: Tracking = Tracking()
     storage: str = Field(default="./runs", min_length=1, max_length=4096)
-    """Results go to ``<storage>/<name>/``."""
+    """Results go to ``<storage>/<name>/``: a path or a URI (``s3://bucket/prefix``, ``gs://``, ``abfs://``)."""
 
     @field_validator("searcher", mode="before")
     @classmethod
@@ -258,6 +258,13 @@ class Spec(_Strict):
     @classmethod
     def _scheduler_str(cls, v: Any) -> Any:
         return {"type": v} if isinstance(v, str) else v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_scheme(cls, v: str) -> str:
+        from tuneclust.storage import check_storage
+
+        return check_storage(v)  # a StorageError is a ValueError: pydantic reports it under "storage"
 
     @field_validator("ablation")
     @classmethod

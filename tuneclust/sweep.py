@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -18,10 +17,11 @@ import yaml
 from ray import tune
 
 from tuneclust import preflight, progress, report, runtime, tracking
-from tuneclust.data.registry import DataError, prepare_data
+from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
 from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
 from tuneclust.spec import Asha, Hyperband, Median, Pbt, Spec
+from tuneclust.storage import Location, StorageError, locate
 from tuneclust.trainable import ray_trainable
 
 RAY_KEYS = {
@@ -116,7 +116,7 @@ class TrackingCallback(tune.Callback):
     """Forwards trial events to MLflow and the Parquet tables. Picklable: Ray stores it in ``tuner.pkl`` and
     brings it back on ``--resume``; the live MLflow client and tables are recreated in :meth:`setup`."""
 
-    def __init__(self, spec: Spec, sweep_dir: Path, spec_text: str, mlflow_uri: str | None) -> None:
+    def __init__(self, spec: Spec, sweep_dir: Location, spec_text: str, mlflow_uri: str | None) -> None:
         self.spec = spec
         self.plan = SweepPlan.from_spec(spec)
         self.mutated = pbt_keys(spec)
@@ -131,9 +131,7 @@ class TrackingCallback(tune.Callback):
         return state
 
     def setup(self, **info: Any) -> None:
-        resume = (self.sweep_dir / tracking.TRIALS_FILE).exists() or (
-            self.sweep_dir / tracking.MLFLOW_STATE
-        ).exists()
+        resume = tracking.has_tables(self.sweep_dir) or (self.sweep_dir / tracking.MLFLOW_STATE).exists()
         self._live = {
             "tables": tracking.ResultTables(self.sweep_dir, resume),
             "idents": {},
@@ -249,7 +247,7 @@ class TrackingCallback(tune.Callback):
         counts = outcome(self.tables.trials, len(trials))
         mlf = self._live.get("mlflow")
         if mlf is not None:
-            if (self.sweep_dir / tracking.TRIALS_FILE).exists():
+            if tracking.has_tables(self.sweep_dir):
                 files = report.write_report(self.sweep_dir)
                 mlf.sweep_summary(report.markdown_table(report.ranking(self.sweep_dir).head(20)), files)
             unfinished = [t.trial_id for t in trials if t.trial_id not in self.tables.trials]
@@ -271,9 +269,9 @@ def outcome(rows: dict[str, dict[str, Any]], total: int) -> dict[str, int]:
     return {**done, "unfinished": max(0, total - done["terminated"] - done["errored"])}
 
 
-def sweep_outcome(out: Path, total: int) -> dict[str, int]:
+def sweep_outcome(out: Location, total: int) -> dict[str, int]:
     """:func:`outcome` from a sweep's ``trials.parquet`` (what the CLI reports after ``run_sweep``)."""
-    rows = tracking.ResultTables(out, resume=True).trials if (out / tracking.TRIALS_FILE).exists() else {}
+    rows = tracking.ResultTables(out, resume=True).trials if tracking.has_tables(out) else {}
     return outcome(rows, total)
 
 
@@ -314,8 +312,17 @@ def _trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
 
-def sweep_dir(spec: Spec, storage: str | None = None) -> Path:
-    return Path(storage or spec.storage).expanduser().resolve() / spec.name
+def storage_root(spec: Spec, storage: str | None = None) -> Location:
+    """The results root (``--storage`` or the spec's ``storage``) opened; :class:`SweepError` if it cannot be."""
+    try:
+        return locate(storage or spec.storage)
+    except StorageError as e:
+        raise SweepError(f"storage: {e}") from None
+
+
+def sweep_dir(spec: Spec, storage: str | None = None) -> Location:
+    """``<storage>/<name>``: a local folder or a folder on the storage URI's filesystem."""
+    return storage_root(spec, storage) / spec.name
 
 
 def run_sweep(
@@ -331,18 +338,19 @@ def run_sweep(
     if the results folder is in the wrong state or the cluster cannot host a trial."""
     import ray
 
-    out = sweep_dir(spec, storage)
+    root = storage_root(spec, storage)
+    out = root / spec.name
     mlflow_uri = None
     if spec.tracking.mlflow.enabled:
         mlflow_uri = spec.tracking.mlflow.uri or tracking.default_tracking_uri()
     try:
-        preflight.check_local(spec, out, mlflow_uri, storage, address)
+        preflight.check_local(spec, Path(out.path) if out.local else out, mlflow_uri, storage, address)
     except preflight.PreflightError as e:
         raise SweepError(str(e)) from None
     started = (out / "tuner.pkl").exists()
     if resume and not started:
         raise SweepError(f"{out}: nothing to resume (no earlier sweep with this name there)")
-    if not resume and out.exists() and any(out.iterdir()):
+    if not resume and out.has_children():
         if not overwrite:
             raise SweepError(
                 f"{out} already holds results: pass --resume to continue it, or --overwrite to start over"
@@ -366,20 +374,24 @@ def run_sweep(
             preflight.check_cluster(spec)
         except preflight.PreflightError as e:
             raise SweepError(str(e)) from None
-    if overwrite and not resume and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    datasets = _share_datasets(spec)
+    if overwrite and not resume:
+        out.delete()
+    out.mkdir()
     spec_text = yaml.safe_dump(stored_spec(spec, storage), sort_keys=False)
     if not resume:
         (out / "spec.yaml").write_text(spec_text)
     trainable = tune.with_resources(
-        tune.with_parameters(ray_trainable, plan=SweepPlan.from_spec(spec)),
+        tune.with_parameters(ray_trainable, plan=SweepPlan.from_spec(spec), datasets=datasets),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state: at most 5 s behind a crash
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    fs = None if root.local else root.fs  # a URI: Ray's checkpoints and experiment state go through it too
     if resume:
-        tuner = tune.Tuner.restore(str(out), trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(
+            out.path, trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=fs
+        )
     else:
         tuner = tune.Tuner(
             trainable,
@@ -397,7 +409,8 @@ def run_sweep(
             ),
             run_config=tune.RunConfig(
                 name=spec.name,
-                storage_path=str(out.parent),
+                storage_path=root.path,
+                storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
                 # PBT clones a donor's latest checkpoint while the donor goes on reporting: keep a few
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=PBT_CHECKPOINTS if pbt_keys(spec) else 1),
@@ -405,7 +418,17 @@ def run_sweep(
                 verbose=1 if verbose >= progress.RAY_REPORTER else 0,
             ),
         )
-    return tuner.fit()
+    try:
+        return tuner.fit()  # the callback writes the whole tables at the end of the experiment
+    except BaseException:
+        _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
+        raise
+
+
+def _consolidate(out: Location) -> None:
+    """Write the whole tables from the part files (end of a sweep, also after an error or Ctrl-C)."""
+    if tracking.has_tables(out):
+        tracking.ResultTables(out, resume=True).consolidate()
 
 
 def stored_spec(spec: Spec, storage: str | None) -> dict[str, Any]:
@@ -431,3 +454,30 @@ def _prepare_data(spec: Spec) -> None:
             prepare_data(data)
         except DataError as e:
             raise SweepError(f"data: {e}") from None
+
+
+def _share_datasets(spec: Spec) -> dict[str, Any]:
+    """Load each dataset of the sweep once in the driver and put it in Ray's object store, so a trial on any
+    node fetches it from there (once per node) instead of needing files only the driver's node has.
+
+    A dataset above ``data.object_store_max_mb`` is not shared: each trial loads it from ``data.root`` (which
+    must then be a path every node can read). Trials whose data section differs from these (a searched
+    ``data.<field>`` other than the name) load their own.
+
+    Returns:
+        ``dataset_key(data) -> ObjectRef`` for the shared datasets.
+    """
+    import ray
+
+    refs: dict[str, Any] = {}
+    for data in spec.data_configs():
+        if data.object_store_max_mb <= 0:
+            continue  # sharing off: every trial loads from data.root
+        try:
+            ds = load_dataset(data)
+        except DataError as e:
+            raise SweepError(f"data: {e}") from None
+        size_mb = (ds.x.element_size() * ds.x.nelement()) / 2**20
+        if size_mb <= data.object_store_max_mb:
+            refs[dataset_key(data.model_dump())] = ray.put(ds)
+    return refs

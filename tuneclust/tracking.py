@@ -1,12 +1,14 @@
 """Where results go: MLflow (one parent run per sweep, one child run per trial) and two Parquet tables.
 
 Only this module imports mlflow. Everything here runs in the sweep's driver process (Ray callbacks forward
-trial events to it), so a sqlite store has one writer. Parquet files are rewritten atomically at every
-evaluation, so a crash keeps every finished trial and what running trials had reported.
+trial events to it), so a sqlite store has one writer. Each evaluation rewrites only its trial's Parquet part
+file (atomically), so a crash keeps every finished trial and what running trials had reported; the whole tables
+are written at the end of a sweep. :func:`read_tables` is the one reader (whole tables + parts).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,10 +19,13 @@ from typing import Any
 import pandas as pd
 
 from tuneclust.metrics import metric_mode
+from tuneclust.storage import Location, locate
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 MLFLOW_STATE = "mlflow.json"
+PARTS_DIR = "tables"
+"""Per-trial part files, ``tables/epochs/<trial_id>.parquet`` and ``tables/trials/<trial_id>.parquet``."""
 LABELLED_SUFFIXES = ("acc", "nmi", "ari")
 """Metrics computed with the ground-truth labels: their best-over-evaluations is label-selected."""
 DIAGNOSTICS = {"lr", "images_per_s", "eval_time_s", "time_total_s", "clusters_used", "phase", "finetune_iter"}
@@ -51,10 +56,11 @@ def _cell(v: Any) -> Any:
     return json.dumps(v, default=str)
 
 
-def _write_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+def _write_parquet(df: pd.DataFrame, loc: Location) -> None:
+    """Write a table as one whole file (atomic: a crash leaves the old file or the new one)."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    loc.write_bytes(buf.getvalue())
 
 
 class MlflowTracker:
@@ -210,19 +216,27 @@ class MlflowTracker:
 
 
 class ResultTables:
-    """``trials.parquet`` (one row per trial) and ``epochs.parquet`` (one row per trial per evaluation)."""
+    """``trials.parquet`` (one row per trial) and ``epochs.parquet`` (one row per trial per evaluation).
 
-    def __init__(self, sweep_dir: Path, resume: bool) -> None:
-        self.dir = sweep_dir
+    While a sweep runs, each trial has its own part files under ``tables/`` (``epochs/<trial_id>.parquet``,
+    rewritten at each of its evaluations, and ``trials/<trial_id>.parquet`` once it ends), so an evaluation
+    writes one small file (one upload on object storage), and a killed driver loses nothing already reported.
+    :meth:`consolidate` writes the two whole tables (end of a sweep; on resume). Read with :func:`read_tables`.
+    """
+
+    def __init__(self, sweep_dir: Location | Path | str, resume: bool) -> None:
+        self.dir = locate(sweep_dir)
         self.trials: dict[str, dict[str, Any]] = {}
         self.epochs: dict[str, list[dict[str, Any]]] = {}
         if resume:
-            if (sweep_dir / TRIALS_FILE).exists():
-                for row in pd.read_parquet(sweep_dir / TRIALS_FILE).to_dict("records"):
-                    self.trials[row["trial_id"]] = row
-            if (sweep_dir / EPOCHS_FILE).exists():
-                for row in pd.read_parquet(sweep_dir / EPOCHS_FILE).to_dict("records"):
-                    self.epochs.setdefault(row["trial_id"], []).append(row)
+            try:
+                trials, epochs = read_tables(self.dir)
+            except FileNotFoundError:
+                return
+            for row in trials.to_dict("records"):
+                self.trials[row["trial_id"]] = row
+            for row in epochs.to_dict("records"):
+                self.epochs.setdefault(row["trial_id"], []).append(row)
 
     def add_eval(self, trial_id: str, ident: dict[str, Any], values: dict[str, Any]) -> None:
         """Record one evaluation; an epoch reported again (after a restore) replaces the earlier row."""
@@ -230,12 +244,13 @@ class ResultTables:
         rows = [r for r in self.epochs.get(trial_id, []) if r.get("epoch") != values.get("epoch")]
         rows.append(row)
         self.epochs[trial_id] = rows
-        self.flush()  # every evaluation: a crashed driver must not lose what running trials already reported
+        # every evaluation, this trial's part only: a crashed driver must not lose what trials already reported
+        _write_parquet(pd.DataFrame(rows), self.dir / PARTS_DIR / "epochs" / f"{trial_id}.parquet")
 
     def finish(
         self, trial_id: str, ident: dict[str, Any], status: str, error: str | None, wall_time_s: float | None
     ) -> dict:
-        """Summarise a trial from its evaluations into its ``trials.parquet`` row, and write both tables.
+        """Summarise a trial from its evaluations into its ``trials.parquet`` row (written as its part file).
 
         ``wall_time_s`` None means the trial reported nothing in this session (e.g. ``--resume`` restored it
         from its final checkpoint, so it had nothing left to train): the wall time recorded earlier is kept.
@@ -266,13 +281,55 @@ class ResultTables:
             if name in ("acc",):
                 summary["best_label_selected.epoch"] = int(rows[pick]["epoch"])
         self.trials[trial_id] = summary
-        self.flush()
+        _write_parquet(pd.DataFrame([summary]), self.dir / PARTS_DIR / "trials" / f"{trial_id}.parquet")
         return summary
 
-    def flush(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def consolidate(self) -> None:
+        """Write the whole ``trials.parquet`` and ``epochs.parquet`` from what this driver holds."""
         if self.trials:
-            _write_atomic(pd.DataFrame(list(self.trials.values())), self.dir / TRIALS_FILE)
+            _write_parquet(pd.DataFrame(list(self.trials.values())), self.dir / TRIALS_FILE)
         rows = [r for rs in self.epochs.values() for r in rs]
         if rows:
-            _write_atomic(pd.DataFrame(rows), self.dir / EPOCHS_FILE)
+            _write_parquet(pd.DataFrame(rows), self.dir / EPOCHS_FILE)
+
+    flush = consolidate
+
+
+def _read_parquet(loc: Location) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(loc.read_bytes()))
+
+
+def _merge(whole: Location, parts: Location) -> pd.DataFrame | None:
+    """The consolidated table with every trial that has part files replaced by its parts (None: neither)."""
+    frames = [_read_parquet(p) for p in parts.files(".parquet")]
+    if whole.is_file():
+        base = _read_parquet(whole)
+        if frames:
+            fresh = set().union(*(set(f["trial_id"]) for f in frames))
+            base = base[~base["trial_id"].isin(fresh)]
+        frames.insert(0, base)
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+
+
+def read_tables(sweep_dir: Location | Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(trials, epochs)`` of a sweep folder or URI: the consolidated tables, with the per-trial part files
+    (newer, and all a crashed driver left) taking precedence. ``epochs`` may be empty.
+
+    Raises:
+        FileNotFoundError: no trial has finished there yet (no ``trials.parquet`` and no trial part).
+    """
+    d = locate(sweep_dir)
+    trials = _merge(d / TRIALS_FILE, d / PARTS_DIR / "trials")
+    if trials is None:
+        raise FileNotFoundError(f"{d}: no {TRIALS_FILE} (and no finished trial under {PARTS_DIR}/)")
+    epochs = _merge(d / EPOCHS_FILE, d / PARTS_DIR / "epochs")
+    return trials, epochs if epochs is not None else pd.DataFrame()
+
+
+def has_tables(sweep_dir: Location | Path | str) -> bool:
+    """True when :func:`read_tables` has something to read there."""
+    d = locate(sweep_dir)
+    return (d / TRIALS_FILE).is_file() or bool((d / PARTS_DIR / "trials").files(".parquet"))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tuneclust import metrics
-from tuneclust.data.registry import DataConfig, Dataset, load_dataset
+from tuneclust.data.registry import DataConfig, Dataset, dataset_key, load_dataset
 from tuneclust.methods import get_method
 from tuneclust.plan import SweepPlan, TrialPlan
 
@@ -163,15 +163,18 @@ class TrialLoop:
             yield out
 
 
-def ray_trainable(config: dict[str, Any], plan: SweepPlan) -> None:
+def ray_trainable(config: dict[str, Any], plan: SweepPlan, datasets: dict[str, Any] | None = None) -> None:
     """Ray Tune function trainable. ``config`` is the trial's point of the search space (plus ``arm``), as
-    Ray holds it now (PBT mutates it); ``plan`` what every trial of the sweep shares."""
+    Ray holds it now (PBT mutates it); ``plan`` what every trial of the sweep shares; ``datasets`` the driver's
+    decoded datasets in Ray's object store (``dataset_key(data) -> ObjectRef``), used instead of loading here."""
     import ray
     from ray import tune
 
     trial = plan.trial(config)
     device = select_device(trial.gpu, ray.get_gpu_ids() if trial.gpu > 0 else [])
-    loop = TrialLoop(trial, device, label=f"trial {tune.get_context().get_trial_id()}")
+    shared = (datasets or {}).get(dataset_key(trial.data))
+    dataset = ray.get(shared) if shared is not None else None
+    loop = TrialLoop(trial, device, dataset=dataset, label=f"trial {tune.get_context().get_trial_id()}")
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:

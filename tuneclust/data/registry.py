@@ -54,6 +54,14 @@ class DataConfig(BaseModel):
     """ICS Table 2: keep class c with probability rising linearly from r_min (first class) to 1 (last)."""
     imbalance_seed: int = 0
     """Seed of the imbalance draw, so every trial of a study sees the same subset."""
+    object_store_max_mb: float = Field(default=2048, ge=0)
+    """A sweep's driver loads the dataset once and shares it with every node through Ray's object store, up to
+    this many MiB of decoded data; above it, each trial loads from ``root`` (then a path every node can read)."""
+
+
+def dataset_key(data: dict[str, Any]) -> str:
+    """The identity of a data config (after defaults): which shared dataset a trial's data section names."""
+    return DataConfig.model_validate(data).model_dump_json()
 
 
 @dataclass

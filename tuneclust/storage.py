@@ -1,0 +1,162 @@
+"""Where a sweep's results live: a local/NFS folder or any URI pyarrow's filesystems accept.
+
+``storage`` (spec key or ``--storage``) is turned into a :class:`Location` (a ``pyarrow.fs.FileSystem`` and a path
+inside it) in one place. Ray's ``storage_path`` and checkpoints, ``spec.yaml``, ``mlflow.json`` and the Parquet
+tables all go through it, so ``s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http`` never becomes a local
+folder named ``s3:``. :func:`check_storage` validates a value without touching the network (spec validation);
+:func:`locate` opens the filesystem (an S3 URI without a region may look the bucket's region up).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+SCHEMES = {
+    "file": "LocalFileSystem",
+    "local": "LocalFileSystem",
+    "s3": "S3FileSystem",
+    "gs": "GcsFileSystem",
+    "gcs": "GcsFileSystem",
+    "abfs": "AzureFileSystem",
+    "abfss": "AzureFileSystem",
+    "hdfs": "HadoopFileSystem",
+    "viewfs": "HadoopFileSystem",
+}
+"""URI schemes pyarrow knows, and the filesystem class each needs (absent when pyarrow was built without it)."""
+
+
+class StorageError(ValueError):
+    """``storage`` cannot be used (unknown scheme, missing filesystem library, unreachable); one line."""
+
+
+def is_uri(storage: str | Path) -> bool:
+    """True for ``scheme://...`` (not for a local or NFS path)."""
+    return "://" in str(storage)
+
+
+def check_storage(storage: str) -> str:
+    """Check ``storage`` without network access: a path, or a URI with a scheme pyarrow supports here.
+
+    Raises:
+        StorageError: the scheme is unknown, or pyarrow lacks its filesystem.
+    """
+    if not is_uri(storage):
+        return storage
+    scheme = urlsplit(storage).scheme.lower()
+    if scheme not in SCHEMES:
+        raise StorageError(
+            f"{storage!r}: unknown storage scheme {scheme!r}; expected a path or one of "
+            + ", ".join(f"{s}://" for s in sorted(SCHEMES))
+        )
+    if not hasattr(pafs, SCHEMES[scheme]):
+        raise StorageError(
+            f"{storage!r}: this pyarrow has no {SCHEMES[scheme]} (install a pyarrow built with it)"
+        )
+    if not urlsplit(storage).netloc and scheme not in ("file", "local"):
+        raise StorageError(f"{storage!r}: no bucket/container after {scheme}://")
+    return storage
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder on a filesystem: ``fs`` (pyarrow) and ``path`` inside it; ``uri`` is what users see."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __truediv__(self, name: str) -> Location:
+        base, _, query = self.uri.partition("?")
+        uri = posixpath.join(base, name) if not self.local else str(Path(self.path) / name)
+        return Location(
+            self.fs, posixpath.join(self.path, name), uri + (f"?{query}" if query and not self.local else "")
+        )
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self.fs.get_file_info(self.path).type == pafs.FileType.File
+
+    def has_children(self) -> bool:
+        """True when this is a folder holding anything (always False for a missing path)."""
+        if self.fs.get_file_info(self.path).type != pafs.FileType.Directory:
+            return False
+        return bool(self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)))
+
+    def files(self, suffix: str = "") -> list[Location]:
+        """The files directly in this folder whose name ends with ``suffix`` (sorted; none if missing)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+        return [self / n for n in names if n.endswith(suffix) and not n.startswith(".")]
+
+    def mkdir(self) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+
+    def delete(self) -> None:
+        """Remove this folder and everything in it (nothing when missing)."""
+        if self.fs.get_file_info(self.path).type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.path)
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as f:
+            return f.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write a whole file atomically: a temp file renamed on local disks; object stores' PUT is atomic."""
+        self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
+        target = self.path
+        if self.local:
+            target = posixpath.join(posixpath.dirname(self.path), f".{self.name}.{uuid.uuid4().hex}.tmp")
+        with self.fs.open_output_stream(target) as f:
+            f.write(data)
+        if self.local:
+            os.replace(target, self.path)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+
+def locate(storage: str | Path | Location) -> Location:
+    """Open ``storage``: a URI through ``pyarrow.fs.FileSystem.from_uri`` (query options such as
+    ``endpoint_override`` kept), a path as an absolute local folder.
+
+    Raises:
+        StorageError: unknown scheme, missing filesystem library, or the filesystem cannot be opened.
+    """
+    if isinstance(storage, Location):
+        return storage
+    text = str(storage)
+    if not is_uri(text):
+        path = str(Path(text).expanduser().resolve())
+        return Location(pafs.LocalFileSystem(), path, path)
+    check_storage(text)
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except Exception as e:  # pyarrow raises ArrowInvalid, ArrowNotImplementedError or OSError here
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StorageError(f"{text!r}: cannot open this storage: {first}") from None
+    if isinstance(fs, pafs.LocalFileSystem):
+        return Location(fs, path, path)
+    return Location(fs, path.rstrip("/"), text)
