@@ -348,7 +348,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except DataError as e:
         return _fail(f"data: {e}")
     for result in loop.run():
-        shown = {k: round(v, 4) for k, v in result.items() if not k.startswith("loss_")}
+        shown = {
+            k: round(v, 4)
+            for k, v in result.items()
+            if not k.startswith("loss_") and isinstance(v, int | float)
+        }
         print(" ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
     return 0
 

@@ -31,10 +31,6 @@ RAY_KEYS = {
 }  # fmt: skip
 
 
-PBT_CHECKPOINTS = 4
-"""Checkpoints kept per trial under PBT (Ray's PBT needs at least the last two of a donor; 4 leaves slack)."""
-
-
 class SweepError(RuntimeError):
     """The sweep cannot start (bad storage state, missing resources); the CLI prints it and exits 2."""
 
@@ -412,8 +408,9 @@ def run_sweep(
                 storage_path=root.path,
                 storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
-                # PBT clones a donor's latest checkpoint while the donor goes on reporting: keep a few
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=PBT_CHECKPOINTS if pbt_keys(spec) else 1),
+                # PBT: an exploiting trial restores a donor's checkpoint when it next gets resources, however many
+                # epochs later: keep them all (None); otherwise the last one is all early stopping and --resume need
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt_keys(spec) else 1),
                 callbacks=[TrackingCallback(spec, out, spec_text, mlflow_uri), *_reporter(spec, verbose)],
                 verbose=1 if verbose >= progress.RAY_REPORTER else 0,
             ),
