@@ -244,8 +244,11 @@ class TrackingCallback(tune.Callback):
         mlf = self._live.get("mlflow")
         if mlf is not None:
             if tracking.has_tables(self.sweep_dir):
-                files = report.write_report(self.sweep_dir)
-                mlf.sweep_summary(report.markdown_table(report.ranking(self.sweep_dir).head(20)), files)
+                # beside the tables when they are local; on object storage only as MLflow artifacts (a temp folder)
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = None if locate(self.sweep_dir).local else Path(tmp)
+                    files = report.write_report(self.sweep_dir, out=out)
+                    mlf.sweep_summary(report.markdown_table(report.ranking(self.sweep_dir).head(20)), files)
             unfinished = [t.trial_id for t in trials if t.trial_id not in self.tables.trials]
             for trial_id in unfinished:
                 mlf.end_trial(trial_id, "UNFINISHED")
