@@ -365,7 +365,9 @@ def method_rows(npz: Path, args: argparse.Namespace, device: torch.device, ref: 
             rt = runtime_for(name, device, args.quick)
             label = f"{method} {name}"
             if rt is None:
-                rows.append(Row("method", label, None, note="skipped in --quick on the CPU (fp32 eager only)"))
+                rows.append(
+                    Row("method", label, None, note="skipped in --quick on the CPU (fp32 eager only)")
+                )
                 continue
             ips = trial_images_per_s(method, cfg, npz, device, rt)
             util = f"{ips * fpi / peak:.1%}" if peak and fpi else "n/a"
