@@ -65,7 +65,7 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-class _NoScaler:
+class NoScaler:
     """Stands in for :class:`torch.amp.GradScaler` when no loss scaling is needed (fp32, bf16)."""
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
@@ -120,7 +120,7 @@ class Runtime:
         if self.precision == "fp16":
             self.scaler: Any = torch.amp.GradScaler(self.device.type)
         else:
-            self.scaler = _NoScaler()
+            self.scaler = NoScaler()
 
     @property
     def dtype(self) -> torch.dtype:

@@ -47,6 +47,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from tuneclust.data.registry import Dataset
+from tuneclust.runtime import NoScaler
 
 EVAL_CHUNK_ELEMENTS = 2**22
 """Eval-mode chunk policy: about this many input elements per forward pass (256 to 8192 samples)."""
@@ -105,24 +106,11 @@ class _Optimizer:
     """(config, epoch) -> learning rate of that epoch; None: ``hparams(cfg)["lr"]`` throughout."""
 
 
-class _NoScaler:
-    """The GradScaler API without scaling (fp32 and bf16 need none)."""
-
-    def scale(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
-
-    def update(self) -> None:
-        pass
-
-
 class Exact:
     """The default runtime: fp32, eager, no scaling. ``tuneclust.runtime.resolve`` gives the configured one
     (precision, channels_last, compile) with the same members."""
 
-    scaler = _NoScaler()
+    scaler = NoScaler()
     static_shapes = False
     """True when the train step is captured (CUDA graphs): every batch then has the same size."""
 
