@@ -53,7 +53,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import throughput  # noqa: E402  (benchmarks/throughput.py: the reference loop)
 
-RESULTS_MD = HERE / "RESULTS.md"
+RESULTS_MD = throughput.RESULTS_MD
 METHODS = ("idfd", "dccs", "cdc", "ics")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 """Dense bf16 tensor-core peak (TFLOP/s) by a substring of the GPU name (SXM figures; PCIe parts are lower)."""
@@ -421,8 +421,7 @@ def record(rows: Sequence[Row], argv: Sequence[str], device: torch.device, secon
         format_table(rows),
         "",
     ]
-    with RESULTS_MD.open("a") as f:
-        f.write("\n" + "\n".join(lines))
+    throughput.append_results(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:

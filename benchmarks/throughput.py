@@ -403,6 +403,11 @@ def record(
         format_table(results),
         "",
     ]
+    append_results(lines)
+
+
+def append_results(lines: list[str]) -> None:
+    """Append one benchmark's section (its lines) to benchmarks/RESULTS.md."""
     with RESULTS_MD.open("a") as f:
         f.write("\n" + "\n".join(lines))
 
