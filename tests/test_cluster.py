@@ -284,3 +284,19 @@ def test_cluster_yaml_passes_rays_own_validation():
     )
     assert "-c requirements/constraints.txt" in " ".join(config["setup_commands"])
     assert {"**/.venv", "**/runs/**", "**/data/**"} <= set(config["rsync_exclude"])
+
+
+def test_a_deleted_checkpoint_resolves_to_the_registered_one_on_s3(s3):
+    """The resume fallback of :func:`available_checkpoint` on object storage (prefixes, not directories)."""
+    from tuneclust.trainable import STATE_FILE, available_checkpoint
+
+    fs, root = pafs.FileSystem.from_uri(s3)
+    trial = f"{root}/fallback/trial_0"
+    for i in (4, 5):
+        with fs.open_output_stream(f"{trial}/checkpoint_00000{i}/{STATE_FILE}") as f:
+            f.write(b"state")
+    assert available_checkpoint(fs, f"{trial}/checkpoint_000004") == f"{trial}/checkpoint_000004"
+    assert available_checkpoint(fs, f"{trial}/checkpoint_000003") == f"{trial}/checkpoint_000004"
+    marker = fs.get_file_info(f"{trial}/checkpoint_000003/superseded.txt")
+    assert marker.type == pafs.FileType.File  # Ray's later delete_dir of checkpoint 3 finds it
+    fs.delete_dir(f"{trial}/checkpoint_000003")

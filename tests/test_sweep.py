@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,33 +200,68 @@ search:
   tau: {grid: [0.5, 1.0, 2.0, 4.0, 8.0]}
 max_concurrent: 1
 """
-    p = make_spec(tmp_path, mlflow_uri, body, name="k", epochs=3)
+    p = make_spec(tmp_path, mlflow_uri, body, name="k", epochs=12)  # ~0.25 s an epoch: a trial runs ~3 s
     out = tmp_path / "runs" / "k"
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     cmd = [sys.executable, "-m", "tuneclust", "sweep", str(p), "--quiet"]
     proc = subprocess.Popen(
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+    def running_trial_epochs() -> int:
+        """Epochs the driver recorded of the trial it is running (the one without a trials part)."""
+        done = {p.stem for p in (out / "tables" / "trials").glob("*.parquet")}
+        parts = [p for p in (out / "tables" / "epochs").glob("*.parquet") if p.stem not in done]
+        return max((len(pd.read_parquet(p)) for p in parts), default=0)
+
     deadline = time.time() + 240
-    while _rows(out) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+    while (_rows(out) < 2 or running_trial_epochs() < 3) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
-    time.sleep(3)  # let Ray's experiment state catch up (checkpoint period 1 s here)
+    time.sleep(1.2)  # let Ray's experiment state name a checkpoint of the running trial (period 1 s here)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "trials.parquet").exists()  # killed: only the per-trial parts are there
     before = read_tables(out)[0]
     assert 2 <= len(before) < 5
+    # A driver can die after Ray deleted a trial's older checkpoint (on registering a newer one, whose epoch is
+    # then in the tables) and before its saved state names the newer one. Recreate that: move the running trial's
+    # newest registered checkpoint one index up, so the state names a checkpoint that is gone and the trial must
+    # resume from the later one. Checkpoint n holds epoch n + 1 (one report per epoch). The trial's worker can
+    # outlive the driver by an epoch: wait for it, and drop what the driver never recorded.
+    time.sleep(3)
+    moved = []
+    for trial_dir in out.iterdir():
+        part = out / "tables" / "epochs" / f"{trial_dir.name}.parquet"
+        if trial_dir.name in set(before["trial_id"]) or not part.exists():
+            continue
+        recorded = set(pd.read_parquet(part)["epoch"])
+        cks = []
+        for ck in sorted(trial_dir.glob("checkpoint_*")):
+            if int(ck.name.split("_")[1]) + 1 in recorded:
+                cks.append(ck)
+            else:
+                shutil.rmtree(ck)
+        if cks:
+            n = int(cks[-1].name.split("_")[1])
+            cks[-1].rename(trial_dir / f"checkpoint_{n + 1:06d}")
+            moved.append(trial_dir.name)
     r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert moved and "is gone from storage" in r.stderr, (moved, r.stderr[-2000:])
     after = pd.read_parquet(out / "trials.parquet")
     assert len(after) == 5 and after["trial_id"].is_unique and (after["status"] == "TERMINATED").all()
     kept = after.set_index("trial_id").loc[before["trial_id"], "wall_time_s"]
     assert (kept.values == before["wall_time_s"].values).all(), "a finished trial was run again"
     epochs = pd.read_parquet(out / "epochs.parquet")
-    assert (epochs.groupby("trial_id")["epoch"].apply(sorted).map(tuple) == (1, 2, 3)).all()
+    per_trial = epochs.groupby("trial_id")["epoch"].apply(sorted).map(tuple)
+    assert (per_trial == tuple(range(1, 13))).all(), (
+        per_trial.map(lambda t: ",".join(map(str, t))).to_dict(),
+        moved,
+        r.stderr[-2000:],
+    )
     children, client = child_runs(mlflow_uri, "k")
     assert len(children) == 5
     for run in children:
         if run.data.tags["tuneclust.trial_id"] in set(before["trial_id"]):
-            assert len(client.get_metric_history(run.info.run_id, "acc")) == 3
+            assert len(client.get_metric_history(run.info.run_id, "acc")) == 12

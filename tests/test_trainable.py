@@ -9,7 +9,14 @@ import torch
 
 from tuneclust.methods import NonFiniteLossError
 from tuneclust.plan import SweepPlan, merge
-from tuneclust.trainable import TrialLoop, TrialPlan, select_device
+from tuneclust.trainable import (
+    STATE_FILE,
+    TrialLoop,
+    TrialPlan,
+    available_checkpoint,
+    select_device,
+    superseded_line,
+)
 
 
 def test_merge_layers_config_arm_then_search():
@@ -83,3 +90,43 @@ def test_a_diverging_trial_raises_a_clear_error():
     loop = TrialLoop(TrialPlan(config={**CFG, "lr": 1e30}, epochs=2, **PLAN), torch.device("cpu"))
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         list(loop.run())
+
+
+def test_restore_finds_the_registered_checkpoint_when_the_named_one_was_deleted(tmp_path):
+    """A driver killed between Ray deleting checkpoint 1 (on registering 2) and saving its experiment state
+    resumes the trial from checkpoint 1: the trial must restore from 2 (the registered one, whose epoch is in the
+    tables), not from 3 (uploaded, never processed), and leave a note where 1 was so Ray can delete it later."""
+    import pyarrow.fs as pafs
+
+    fs, trial = pafs.LocalFileSystem(), tmp_path / "trial_0"
+    for i in (2, 3):
+        (trial / f"checkpoint_00000{i}").mkdir(parents=True)
+        (trial / f"checkpoint_00000{i}" / STATE_FILE).write_bytes(b"state %d" % i)
+    (trial / "checkpoint_000010").mkdir()  # an upload that never finished: no state file
+    kept = str(trial / "checkpoint_000002")
+    assert available_checkpoint(fs, kept) == kept  # present: used as named, nothing written
+    assert sorted(p.name for p in trial.iterdir()) == [
+        "checkpoint_000002",
+        "checkpoint_000003",
+        "checkpoint_000010",
+    ]
+
+    gone = str(trial / "checkpoint_000001")
+    assert available_checkpoint(fs, gone) == kept
+    line = superseded_line(gone, kept)
+    assert (
+        line.startswith("warning: checkpoint_000001 of trial trial_0 is gone")
+        and "from checkpoint_000002" in line
+    )
+    assert (
+        (trial / "checkpoint_000001" / "superseded.txt")
+        .read_text()
+        .startswith("restored from checkpoint_000002")
+    )
+    # a note is not a state: asked again (a second kill before Ray saved), it still resolves to checkpoint 2
+    assert available_checkpoint(fs, gone) == kept
+
+    for i in (2, 3):
+        (trial / f"checkpoint_00000{i}" / STATE_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="no other checkpoint of this trial"):
+        available_checkpoint(fs, gone)

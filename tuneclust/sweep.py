@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
 from tuneclust.spec import Asha, Hyperband, Median, Pbt, Spec
 from tuneclust.storage import Location, StorageError, locate
-from tuneclust.trainable import ray_trainable
+from tuneclust.trainable import available_checkpoint, ray_trainable, superseded_line
 
 RAY_KEYS = {
     "time_this_iter_s", "timestamp", "pid", "hostname", "node_ip", "config", "trial_id", "date", "done",
@@ -391,6 +392,7 @@ def run_sweep(
         tuner = tune.Tuner.restore(
             out.path, trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=fs
         )
+        _mark_deleted_checkpoints(tuner)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -423,6 +425,27 @@ def run_sweep(
     except BaseException:
         _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
         raise
+
+
+def _mark_deleted_checkpoints(tuner: Any) -> None:
+    """Before a resumed sweep restores its trials: where Ray's saved experiment state names a checkpoint it had
+    already deleted (the driver died between the two), mark it so Ray's existence check passes; the trial then
+    restores from the checkpoint the driver last registered (:func:`tuneclust.trainable.available_checkpoint`)."""
+    try:
+        results = list(tuner.get_results())
+    except RuntimeError:  # Ray could not read its experiment state: Tuner.fit says why
+        return
+    for result in results:
+        ck = result.checkpoint
+        if ck is None:
+            continue
+        try:
+            chosen = available_checkpoint(ck.filesystem, ck.path)
+        except FileNotFoundError as e:
+            print(f"warning: {e}; that trial cannot be resumed", file=sys.stderr)
+            continue
+        if chosen != ck.path:
+            print(superseded_line(ck.path, chosen), file=sys.stderr)
 
 
 def _consolidate(out: Location) -> None:

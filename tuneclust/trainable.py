@@ -12,7 +12,10 @@ exploit: the trial's *current* config wins over the checkpoint's hyperparameters
 from __future__ import annotations
 
 import os
+import posixpath
 import random
+import re
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,8 +31,19 @@ from tuneclust.methods import get_method
 from tuneclust.plan import SweepPlan, TrialPlan
 
 STATE_FILE = "trial_state.pt"
+SUPERSEDED_FILE = "superseded.txt"
 
-__all__ = ["STATE_FILE", "TrialLoop", "TrialPlan", "ray_trainable", "seed_everything", "select_device"]
+__all__ = [
+    "STATE_FILE",
+    "TrialLoop",
+    "TrialPlan",
+    "available_checkpoint",
+    "ray_trainable",
+    "seed_everything",
+    "select_device",
+]
+
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
 
 
 def seed_everything(seed: int) -> None:
@@ -163,6 +177,60 @@ class TrialLoop:
             yield out
 
 
+def available_checkpoint(fs: Any, path: str) -> str:
+    """The checkpoint directory to restore when Ray hands a trial the checkpoint at ``path`` on ``fs`` (a pyarrow
+    filesystem): ``path`` itself when it holds the trial state, else the trial's earliest later checkpoint that does.
+
+    Ray saves its experiment state (which names each trial's latest checkpoint) on a timer, but deletes a trial's
+    older checkpoint (``num_to_keep``) as soon as it registers a newer one. A driver killed in between leaves a
+    state naming a deleted checkpoint, and ``--resume`` would fail that trial. The checkpoints still on storage
+    are then the last one the driver registered (its result is in the tables) and any the trial uploaded after
+    it that the driver never processed: the earliest of them is the registered one, so no reported epoch is
+    skipped. A small note is written where the missing checkpoint was: Ray checks that the checkpoint it
+    restores exists before the trial starts, and deletes it once the trial saves again.
+
+    Raises:
+        FileNotFoundError: no checkpoint of this trial holding a trial state is left on storage.
+    """
+    import pyarrow.fs as pafs
+
+    def holds_state(directory: str) -> bool:
+        return fs.get_file_info(posixpath.join(directory, STATE_FILE)).type == pafs.FileType.File
+
+    if holds_state(path):
+        return path
+    parent, name = posixpath.split(path.rstrip("/"))
+    match = _CHECKPOINT_DIR.search(name)
+    missing = int(match.group(1)) if match else -1
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
+        m = _CHECKPOINT_DIR.search(info.base_name)
+        if m and info.type == pafs.FileType.Directory and holds_state(info.path):
+            found.append((int(m.group(1)), info.path))
+    if not found:
+        raise FileNotFoundError(
+            f"checkpoint {path} has no {STATE_FILE} and no other checkpoint of this trial is left on storage"
+        )
+    later = sorted(f for f in found if f[0] > missing)
+    _, chosen = later[0] if later else max(found)
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(posixpath.join(path, SUPERSEDED_FILE)) as f:
+            f.write(f"restored from {posixpath.basename(chosen)} (this checkpoint was deleted)\n".encode())
+    except OSError as e:  # Ray's restore will then report the missing checkpoint itself
+        print(f"warning: could not mark {path} as superseded: {e}", file=sys.stderr)
+    return chosen
+
+
+def superseded_line(path: str, chosen: str) -> str:
+    """The warning printed when a trial resumes from ``chosen`` because the checkpoint at ``path`` is gone."""
+    return (
+        f"warning: {posixpath.basename(path)} of trial {posixpath.basename(posixpath.dirname(path))} "
+        f"is gone from storage (deleted after Ray last saved its experiment state); "
+        f"the trial resumes from {posixpath.basename(chosen)}"
+    )
+
+
 def ray_trainable(config: dict[str, Any], plan: SweepPlan, datasets: dict[str, Any] | None = None) -> None:
     """Ray Tune function trainable. ``config`` is the trial's point of the search space (plus ``arm``), as
     Ray holds it now (PBT mutates it); ``plan`` what every trial of the sweep shares; ``datasets`` the driver's
@@ -177,6 +245,10 @@ def ray_trainable(config: dict[str, Any], plan: SweepPlan, datasets: dict[str, A
     loop = TrialLoop(trial, device, dataset=dataset, label=f"trial {tune.get_context().get_trial_id()}")
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
+        source = available_checkpoint(checkpoint.filesystem, checkpoint.path)
+        if source != checkpoint.path:
+            print(superseded_line(checkpoint.path, source), file=sys.stderr)
+            checkpoint = tune.Checkpoint(source, filesystem=checkpoint.filesystem)
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
         loop.load(state)
