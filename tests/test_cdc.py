@@ -138,7 +138,7 @@ def test_clustering_loss_by_hand():
 
 def test_reconstruction_loss_is_mse():
     x, r = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    assert float(L.reconstruction_loss(x, r)) == pytest.approx((0 + 4 + 1 + 1) / 4)
+    assert float(L.reconstruction_loss(r, x)) == pytest.approx((0 + 4 + 1 + 1) / 4)
 
 
 # --------------------------------------------------------------------------------------- network

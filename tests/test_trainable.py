@@ -130,3 +130,23 @@ def test_restore_finds_the_registered_checkpoint_when_the_named_one_was_deleted(
         (trial / f"checkpoint_00000{i}" / STATE_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="no other checkpoint of this trial"):
         available_checkpoint(fs, gone)
+
+
+def test_out_of_memory_fails_the_trial_with_one_line_naming_the_cap():
+    """torch's OOM (a trial over its capped share of the GPU) becomes one line: which trial, which epoch, the
+    share, and what to change. Injected on the CPU by making the method's epoch raise torch's error."""
+    from tuneclust.trainable import TrialOutOfMemoryError
+
+    plan = TrialPlan(config={**CFG, "batch_size": 64}, epochs=2, gpu=0.25, **PLAN)
+    loop = TrialLoop(plan, torch.device("cpu"), label="trial t1")
+
+    def oom() -> dict:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    loop.method.train_epoch = oom
+    with pytest.raises(TrialOutOfMemoryError) as e:
+        next(loop.run())
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("trial t1: out of GPU memory in epoch 1")
+    assert "resources.gpu: 0.25" in msg and "config.batch_size (now 64)" in msg
+    assert isinstance(e.value.__cause__, torch.OutOfMemoryError)

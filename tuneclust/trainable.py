@@ -11,6 +11,7 @@ exploit: the trial's *current* config wins over the checkpoint's hyperparameters
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import random
@@ -36,6 +37,7 @@ SUPERSEDED_FILE = "superseded.txt"
 __all__ = [
     "STATE_FILE",
     "TrialLoop",
+    "TrialOutOfMemoryError",
     "TrialPlan",
     "available_checkpoint",
     "ray_trainable",
@@ -83,6 +85,27 @@ def _runtime(runtime: dict[str, Any], device: torch.device) -> Any:
     resolved = resolve(RuntimeConfig.model_validate(runtime), device)
     resolved.apply_global()
     return resolved
+
+
+class TrialOutOfMemoryError(RuntimeError):
+    """A trial needed more GPU memory than it may use: the trial fails, its neighbours on the GPU go on."""
+
+
+def out_of_memory_message(
+    label: str, epoch: int, share: float, batch_size: Any, cap_gib: float | None, peak_gib: float | None
+) -> str:
+    """One line saying which trial ran out of GPU memory, within what cap, and what to change."""
+    where = f"{label}: " if label else ""
+    cap = (
+        f"it may use {share:g} of the GPU ({cap_gib:.1f} GiB, resources.gpu: {share:g})"
+        if cap_gib is not None
+        else f"resources.gpu: {share:g}"
+    )
+    peak = f", {peak_gib:.1f} GiB were allocated at the peak" if peak_gib is not None else ""
+    return (
+        f"{where}out of GPU memory in epoch {epoch + 1}: {cap}{peak}. Lower config.batch_size "
+        f"(now {batch_size}) or give each trial a larger resources.gpu (fewer trials per GPU)"
+    )
 
 
 class TrialLoop:
@@ -134,6 +157,30 @@ class TrialLoop:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
+    @contextlib.contextmanager
+    def _memory_cap(self) -> Iterator[None]:
+        """Turn torch's out-of-memory error (the trial's share of the GPU is capped in :func:`select_device`)
+        into one :class:`TrialOutOfMemoryError` line naming the cap and what to change."""
+        try:
+            yield
+        except torch.OutOfMemoryError as e:
+            cap = peak = None
+            if self.device.type == "cuda":
+                gib = 2.0**30
+                share = min(1.0, self.plan.gpu) if self.plan.gpu > 0 else 1.0
+                cap = share * torch.cuda.get_device_properties(self.device).total_memory / gib
+                peak = torch.cuda.max_memory_allocated(self.device) / gib
+            raise TrialOutOfMemoryError(
+                out_of_memory_message(
+                    self.method.label,
+                    self.method.epoch,
+                    self.plan.gpu,
+                    getattr(self.method.cfg, "batch_size", "n/a"),
+                    cap,
+                    peak,
+                )
+            ) from e
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -158,15 +205,17 @@ class TrialLoop:
         while m.epoch < self.plan.epochs:
             self._sync()
             t0 = time.perf_counter()
-            losses = m.train_epoch()  # raises NonFiniteError naming the term and the epoch
-            self._sync()
+            with self._memory_cap():
+                losses = m.train_epoch()  # raises NonFiniteError naming the term and the epoch
+                self._sync()
             train_time += time.perf_counter() - t0
             m.epoch += 1
             if m.epoch % self.plan.eval_every and m.epoch < self.plan.epochs:
                 continue
             t1 = time.perf_counter()
             out = {k: float(v) for k, v in losses.items()}
-            out.update(self.evaluate())
+            with self._memory_cap():
+                out.update(self.evaluate())
             out.update({k: float(v) for k, v in m.progress().items()})
             out["epoch"] = m.epoch
             out["step"] = m.steps

@@ -21,10 +21,9 @@ from functools import cache
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from tuneclust.losses.dec import kl_divergence
-from tuneclust.losses.terms import LossTerms, combine
+from tuneclust.losses.terms import LossTerms, combine, reconstruction_loss
 
 KernelNorm = Literal["row", "global"]
 EPS = 1e-10
@@ -155,11 +154,6 @@ def affinity_loss(
     return kernel_kl(cq, pairwise_kernel(z, alpha, norm), norm)
 
 
-def reconstruction_loss(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
-    """``L_r`` (Eq. 1) as the public code's Keras ``mse``: mean squared error over features and batch."""
-    return F.mse_loss(x_rec, x.flatten(1))
-
-
 def cdc_loss(
     weights: dict[str, float],
     *,
@@ -190,7 +184,7 @@ def cdc_loss(
     return combine(
         weights,
         {
-            "r": lambda: reconstruction_loss(x, x_rec),
+            "r": lambda: reconstruction_loss(x_rec, x),  # Keras mse: the mean over elements
             "cr_x": lambda: reg().latent,
             "cr_xrec": lambda: reg().output,
             "c": lambda: kl_divergence(p, q),

@@ -24,13 +24,11 @@ L_b by the batch size B.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-from tuneclust.losses.terms import LossTerms, combine
-
-Reduction = Literal["mean", "sum"]
+from tuneclust.losses.terms import LossTerms, Reduction, combine, reconstruction_loss
 
 
 class BalanceTerms(NamedTuple):
@@ -63,19 +61,6 @@ class NegativeSelection(NamedTuple):
 
 def _reduce(x: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     return x.sum() if reduction == "sum" else x.mean()
-
-
-def reconstruction_loss(x_rec: torch.Tensor, x: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
-    """L_r (Eq. 1): squared reconstruction error.
-
-    Args:
-        x_rec: (B, ...) reconstructions.
-        x: (B, ...) inputs.
-        reduction: ``sum`` (Eq. 1 as printed: ``1/n sum_i ||x'_i - x_i||^2``, summed over the pixels and
-            averaged over the batch) or ``mean`` (mean over all elements, Keras' ``mse``; Eq. 1 / (C*H*W)).
-    """
-    err = (x_rec - x).pow(2)
-    return err.flatten(1).sum(dim=1).mean() if reduction == "sum" else err.mean()
 
 
 def clustering_loss(

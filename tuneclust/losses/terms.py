@@ -7,9 +7,11 @@ if and only if its weight is 0: it is then neither computed (its thunk is never 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
+
+Reduction = Literal["mean", "sum"]
 
 
 class LossTerms(NamedTuple):
@@ -48,3 +50,17 @@ def combine(weights: Mapping[str, float], terms: Mapping[str, Callable[[], torch
         (weights[k] * v for k, v in on.items()), torch.zeros((), device=next(iter(on.values())).device)
     )
     return LossTerms(total, on)
+
+
+def reconstruction_loss(x_rec: torch.Tensor, x: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """Squared reconstruction error, the ``L_r`` of CDC (Eq. 1) and ICS (Eq. 1). Shapes may differ as long as each
+    sample has as many elements (a decoder's flat output against an image).
+
+    Args:
+        x_rec: (B, ...) reconstructions.
+        x: (B, ...) inputs.
+        reduction: ``mean``: over all elements (Keras' ``mse``, the public codes' form); ``sum``: summed over a
+            sample's elements and averaged over the batch (``1/n sum_i ||x'_i - x_i||^2`` as printed).
+    """
+    err = (x_rec.flatten(1) - x.flatten(1)).pow(2)
+    return err.sum(dim=1).mean() if reduction == "sum" else err.mean()
