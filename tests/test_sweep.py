@@ -246,8 +246,10 @@ max_concurrent: 1
             n = int(cks[-1].name.split("_")[1])
             cks[-1].rename(trial_dir / f"checkpoint_{n + 1:06d}")
             moved.append(trial_dir.name)
-    r = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=400)
+    # resumed without --quiet: the progress line is this command's choice, not the interrupted one's
+    r = subprocess.run([*cmd[:-1], "--resume"], env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "/5 done · " in r.stdout, r.stdout[-2000:]
     assert moved and "is gone from storage" in r.stderr, (moved, r.stderr[-2000:])
     after = pd.read_parquet(out / "trials.parquet")
     assert len(after) == 5 and after["trial_id"].is_unique and (after["status"] == "TERMINATED").all()
@@ -265,3 +267,45 @@ max_concurrent: 1
     for run in children:
         if run.data.tags["tuneclust.trial_id"] in set(before["trial_id"]):
             assert len(client.get_metric_history(run.info.run_id, "acc")) == 12
+
+
+class _Controller:
+    """The one controller call HyperBand makes here (stopping a trial), recorded. The scheduler, its brackets and
+    the trials are Ray's own."""
+
+    def __init__(self) -> None:
+        self.stopped: list = []
+
+    def stop_trial(self, trial) -> None:
+        from ray.tune.experiment import Trial
+
+        trial.set_status(Trial.TERMINATED)
+        self.stopped.append(trial)
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_hyperband_never_leaves_a_paused_trial_when_a_trial_ends_on_its_own(fixed):
+    """Two trials, one bracket (max_t 2, eta 2). t1 reaches epoch 2 first and is PAUSED at the milestone; t0's
+    last report comes with its completion (on_trial_complete). Ray's scheduler left t1 PAUSED for ever (a sweep
+    of the shipped test spec hung on this); tuneclust's HyperBand stops it, its bracket being finished."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import HyperBandScheduler, TrialScheduler
+
+    from tuneclust.sweep import HyperBand
+
+    sched = (HyperBand if fixed else HyperBandScheduler)(time_attr="epoch", max_t=2, reduction_factor=2)
+    sched.set_search_properties(metric="acc", mode="max")
+    ctl, (t0, t1) = _Controller(), (Trial("f", stub=True), Trial("f", stub=True))
+    for t in (t0, t1):
+        sched.on_trial_add(ctl, t)
+        t.set_status(Trial.RUNNING)
+    assert sched.on_trial_result(ctl, t0, {"epoch": 1, "acc": 0.5}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(ctl, t1, {"epoch": 1, "acc": 0.6}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(ctl, t1, {"epoch": 2, "acc": 0.7}) == TrialScheduler.PAUSE
+    t1.set_status(Trial.PAUSED)
+    t0.set_status(Trial.TERMINATED)
+    sched.on_trial_complete(ctl, t0, {"epoch": 2, "acc": 0.4})
+    if fixed:
+        assert ctl.stopped == [t1] and t1.status == Trial.TERMINATED
+    else:  # the hang, as Ray has it (the test above would fail without the fix)
+        assert ctl.stopped == [] and t1.status == Trial.PAUSED and sched.choose_trial_to_run(ctl) is None

@@ -247,9 +247,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     out = sweep_dir(spec, args.storage)
-    counts = sweep_outcome(out, len(results))
+    total = max(len(results), spec.num_trials())  # Ray creates trials lazily: a Ctrl-C can come first
+    counts = sweep_outcome(out, total)
     print(
-        f"\n{spec.name}: {len(results)} trials: {counts['terminated']} finished, {counts['errored']} errored, "
+        f"\n{spec.name}: {total} trials: {counts['terminated']} finished, {counts['errored']} errored, "
         f"{counts['unfinished']} unfinished"
     )
     if spec.resources.gpu > 0:

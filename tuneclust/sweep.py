@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import HyperBandScheduler
 
 from tuneclust import preflight, progress, report, runtime, tracking
 from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
@@ -36,11 +38,28 @@ class SweepError(RuntimeError):
     """The sweep cannot start (bad storage state, missing resources); the CLI prints it and exits 2."""
 
 
+class HyperBand(HyperBandScheduler):
+    """Ray's HyperBand, minus a hang. A trial that ends on its own (its last report arrives with its completion,
+    so the scheduler gets ``on_trial_complete``, not ``on_trial_result``) can finish its bracket while another
+    trial of it waits PAUSED at the same milestone. Ray processes a bracket on a removal only if it is not
+    finished (and only before its first halving), so the paused trial waited forever and the sweep never ended.
+    Here a bracket left with only paused trials is processed: finished, they stop; else it is halved."""
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        bracket, _ = self._trial_info[trial]
+        super().on_trial_remove(tune_controller, trial)
+        live = bracket.current_trials()
+        if live and all(
+            t.status == Trial.PAUSED and t not in bracket.trials_to_unpause and not t.is_saving for t in live
+        ):
+            bracket.is_being_processed = False
+            self._process_bracket(tune_controller, bracket)
+
+
 def build_scheduler(spec: Spec) -> Any:
     from ray.tune.schedulers import (
         ASHAScheduler,
         FIFOScheduler,
-        HyperBandScheduler,
         MedianStoppingRule,
         PopulationBasedTraining,
     )
@@ -55,7 +74,7 @@ def build_scheduler(spec: Spec) -> Any:
             brackets=s.brackets,
         )
     if isinstance(s, Hyperband):
-        return HyperBandScheduler(
+        return HyperBand(
             time_attr=s.time_attr, max_t=s.max_t or spec.budget.epochs, reduction_factor=s.reduction_factor
         )
     if isinstance(s, Median):
@@ -241,7 +260,8 @@ class TrackingCallback(tune.Callback):
         reached on_trial_complete/on_trial_error have a row; the others end KILLED in MLflow, as does the
         parent, and ``--resume`` continues them."""
         self.tables.flush()
-        counts = outcome(self.tables.trials, len(trials))
+        total = max(len(trials), self.spec.num_trials())  # Ctrl-C can come before Ray created every trial
+        counts = outcome(self.tables.trials, total)
         mlf = self._live.get("mlflow")
         if mlf is not None:
             if tracking.has_tables(self.sweep_dir):
@@ -257,13 +277,14 @@ class TrackingCallback(tune.Callback):
                 mlf.end({}, "KILLED")
             else:
                 mlf.end(
-                    {"trials": len(trials), "trials_errored": counts["errored"]},
+                    {"trials": total, "trials_errored": counts["errored"]},
                     "FINISHED" if counts["terminated"] else "FAILED",
                 )
 
 
 def outcome(rows: dict[str, dict[str, Any]], total: int) -> dict[str, int]:
-    """Trials TERMINATED, ERROR and unfinished (stopped by Ctrl-C or never started) out of ``total``."""
+    """Trials TERMINATED, ERROR and unfinished (stopped by Ctrl-C or never started) out of ``total`` (the
+    spec's number of trials: Ray creates trials lazily, so after a Ctrl-C it may know fewer)."""
     statuses = [r.get("status") for r in rows.values()]
     done = {"terminated": statuses.count("TERMINATED"), "errored": statuses.count("ERROR")}
     return {**done, "unfinished": max(0, total - done["terminated"] - done["errored"])}
@@ -393,6 +414,7 @@ def run_sweep(
             out.path, trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=fs
         )
         _mark_deleted_checkpoints(tuner)
+        _resume_output(tuner, spec, verbose)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -425,6 +447,21 @@ def run_sweep(
     except BaseException:
         _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
         raise
+
+
+def _resume_output(tuner: Any, spec: Spec, verbose: int) -> None:
+    """``--quiet``/``--verbose`` of the resuming command, not of the interrupted one: Ray restores the run config
+    (callbacks, verbosity) from ``tuner.pkl``, so its progress reporter is swapped for this command's."""
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    if run_config is None:  # Ray's internals moved: keep the stored output settings
+        print(
+            "warning: --quiet/--verbose not applied on this resume (Ray's tuner layout changed)",
+            file=sys.stderr,
+        )
+        return
+    kept = [c for c in run_config.callbacks or [] if not isinstance(c, progress.ProgressCallback)]
+    run_config.callbacks = [*kept, *_reporter(spec, verbose)]
+    run_config.verbose = 1 if verbose >= progress.RAY_REPORTER else 0
 
 
 def _mark_deleted_checkpoints(tuner: Any) -> None:
