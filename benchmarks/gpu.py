@@ -93,6 +93,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--workers", type=int, default=min(8, os.cpu_count() or 1), help="reference DataLoader workers"
     )
+    p.add_argument(
+        "--overhead-epochs",
+        type=int,
+        default=None,
+        help="epochs of each sweep-overhead trial (default 2 on the CPU, 5 on a GPU); the target is for ~1-minute trials",
+    )
+    p.add_argument(
+        "--only-overhead",
+        action="store_true",
+        help="run only the sweep-overhead part (no reference, methods, packing)",
+    )
     p.add_argument("--record", action="store_true", help=f"append the table to {RESULTS_MD.name}")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one packed trial, JSON on stdout
     args = p.parse_args(argv)
@@ -100,6 +111,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.steps = args.steps or (2 if args.quick else 100)
     args.backbone = args.backbone or ("convnet" if args.quick else "resnet18")
     args.methods = [m for m in args.methods.split(",") if m]
+    if args.overhead_epochs is not None and args.overhead_epochs < 1:
+        p.error("--overhead-epochs must be >= 1")
     bad = [m for m in args.methods if m not in METHODS]
     if bad:
         p.error(f"--methods: unknown {bad}; expected some of {list(METHODS)}")
@@ -311,7 +324,8 @@ def sweep_overhead(npz: Path, args: argparse.Namespace) -> tuple[float | None, s
     from tuneclust.sweep import run_sweep
     from tuneclust.trainable import TrialLoop
 
-    trials, epochs = 4, 2 if args.device == "cpu" else 5
+    trials = 4
+    epochs = args.overhead_epochs or (2 if args.device == "cpu" else 5)
     with tempfile.TemporaryDirectory() as d:
         spec_file = Path(d) / "overhead.yaml"
         spec_file.write_text(
@@ -437,11 +451,15 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         npz = write_npz(args.n, Path(d) / "synthetic32.npz")
-        ref = reference_images_per_s(npz, args, device)
-        rows = [Row("reference", "PIL + DataLoader IDFD loop", ref, "1.00x", "", f"{args.workers} workers")]
-        print(format_table(rows), flush=True)
-        rows += method_rows(npz, args, device, ref)
-        rows += packing_rows(npz, args, device)
+        rows = []
+        if not args.only_overhead:
+            ref = reference_images_per_s(npz, args, device)
+            rows = [
+                Row("reference", "PIL + DataLoader IDFD loop", ref, "1.00x", "", f"{args.workers} workers")
+            ]
+            print(format_table(rows), flush=True)
+            rows += method_rows(npz, args, device, ref)
+            rows += packing_rows(npz, args, device)
         ratio, note = sweep_overhead(npz, args)
         rows.append(
             Row(
