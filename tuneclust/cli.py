@@ -227,7 +227,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except OSError as e:  # a results path the filesystem refuses (name too long, ...)
         return _fail(f"{args.spec}: storage: {e.strerror or type(e).__name__}")
     from tuneclust import report
-    from tuneclust.sweep import SweepError, run_sweep, sweep_dir, sweep_outcome
+    from tuneclust.sweep import SweepError, run_sweep, sweep_dir, sweep_outcome, trial_total
 
     try:
         results = run_sweep(
@@ -247,7 +247,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     out = sweep_dir(spec, args.storage)
-    total = max(len(results), spec.num_trials())  # Ray creates trials lazily: a Ctrl-C can come first
+    total = trial_total(spec, len(results))
     counts = sweep_outcome(out, total)
     print(
         f"\n{spec.name}: {total} trials: {counts['terminated']} finished, {counts['errored']} errored, "

@@ -260,7 +260,7 @@ class TrackingCallback(tune.Callback):
         reached on_trial_complete/on_trial_error have a row; the others end KILLED in MLflow, as does the
         parent, and ``--resume`` continues them."""
         self.tables.flush()
-        total = max(len(trials), self.spec.num_trials())  # Ctrl-C can come before Ray created every trial
+        total = trial_total(self.spec, len(trials))
         counts = outcome(self.tables.trials, total)
         mlf = self._live.get("mlflow")
         if mlf is not None:
@@ -282,9 +282,15 @@ class TrackingCallback(tune.Callback):
                 )
 
 
+def trial_total(spec: Spec, known: int) -> int:
+    """The sweep's number of trials: the spec's, or more if Ray knows more (``known``). Ray creates trials
+    lazily, so after a Ctrl-C it may know fewer than the sweep has."""
+    return max(known, spec.num_trials())
+
+
 def outcome(rows: dict[str, dict[str, Any]], total: int) -> dict[str, int]:
-    """Trials TERMINATED, ERROR and unfinished (stopped by Ctrl-C or never started) out of ``total`` (the
-    spec's number of trials: Ray creates trials lazily, so after a Ctrl-C it may know fewer)."""
+    """Trials TERMINATED, ERROR and unfinished (stopped by Ctrl-C or never started) out of ``total``
+    (:func:`trial_total`)."""
     statuses = [r.get("status") for r in rows.values()]
     done = {"terminated": statuses.count("TERMINATED"), "errored": statuses.count("ERROR")}
     return {**done, "unfinished": max(0, total - done["terminated"] - done["errored"])}
