@@ -16,6 +16,11 @@ Prints, side by side in one table:
    only where ``nvidia-cuda-mps-control`` exists; the daemon is started for them and stopped after if it was off).
 4. Sweep overhead: wall time of a small sweep through Ray Tune (``run_sweep``) over the same trials run back to
    back in one process. Needs Ray; skipped with a note when Ray is absent, and in ``--quick``.
+5. Start-up: a fresh process's IDFD trial, eager and compiled, timed from process start to imports done, the
+   loop built, the first epoch (compilation, CUDA-graph capture) and a second epoch. The compiled trial runs twice
+   on one new ``TORCHINDUCTOR_CACHE_DIR``: cold (the first trial on a node) then warm (every later trial on that
+   node, whose processes share torch's on-disk inductor and AOTAutograd caches). Compiled rows are skipped in
+   ``--quick`` on the CPU.
 
 Data: synthetic 32x32 RGB images in a temporary ``.npz`` (the registry's ``npz`` dataset), so it runs offline.
 
@@ -104,6 +109,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="run only the sweep-overhead part (no reference, methods, packing)",
     )
+    p.add_argument(
+        "--only-startup",
+        action="store_true",
+        help="run only the start-up part (fresh-process trial: cold and warm compile cache)",
+    )
     p.add_argument("--record", action="store_true", help=f"append the table to {RESULTS_MD.name}")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one packed trial, JSON on stdout
     args = p.parse_args(argv)
@@ -113,6 +123,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.methods = [m for m in args.methods.split(",") if m]
     if args.overhead_epochs is not None and args.overhead_epochs < 1:
         p.error("--overhead-epochs must be >= 1")
+    if args.only_overhead and args.only_startup:
+        p.error("--only-overhead and --only-startup exclude each other")
     bad = [m for m in args.methods if m not in METHODS]
     if bad:
         p.error(f"--methods: unknown {bad}; expected some of {list(METHODS)}")
@@ -217,11 +229,10 @@ def reference_images_per_s(npz: Path, args: argparse.Namespace, device: torch.de
 # ---------------------------------------------------------------------------------------------- packing
 
 
-def packed_worker(spec: str) -> None:
+def packed_worker(s: dict[str, Any]) -> None:
     """One packed trial (a subprocess): warm up, signal ready, wait for go, time one epoch; print JSON."""
     from tuneclust.trainable import TrialLoop, TrialPlan
 
-    s = json.loads(spec)
     device = torch.device(s["device"])
     if device.type == "cuda" and s["k"] > 1:
         torch.cuda.set_per_process_memory_fraction(1.0 / s["k"], device)
@@ -350,6 +361,68 @@ def sweep_overhead(npz: Path, args: argparse.Namespace) -> tuple[float | None, s
     return swept / direct, note
 
 
+# ---------------------------------------------------------------------------------------------- start-up
+
+
+def startup_worker(s: dict[str, Any]) -> None:
+    """A fresh process's trial (a subprocess): seconds to build the loop, then of a first and a second epoch."""
+    from tuneclust.trainable import TrialLoop, TrialPlan
+
+    imported = time.time()
+    device = torch.device(s["device"])
+    plan = TrialPlan("idfd", s["cfg"], {"name": "npz", "root": s["npz"]}, epochs=2, eval_every=10**9)
+    plan.runtime = s["runtime"]
+    loop = TrialLoop(plan, device)
+    built = time.time()
+    epochs = []
+    for _ in range(2):
+        t0 = time.time()
+        loop.method.train_epoch()
+        loop.method.epoch += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epochs.append(time.time() - t0)
+    print(json.dumps({"imports": imported - s["start"], "build": built - imported, "epochs": epochs}))
+
+
+def run_startup(
+    runtime: dict[str, Any], cache: Path, npz: Path, cfg: dict[str, Any], device: torch.device
+) -> dict:
+    """One fresh-process trial with ``cache`` as its inductor cache directory; the worker's timings."""
+    spec = {"kind": "startup", "device": str(device), "cfg": cfg, "npz": str(npz), "runtime": runtime}
+    spec["start"] = time.time()
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"start-up trial failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def startup_rows(npz: Path, args: argparse.Namespace, device: torch.device) -> list[Row]:
+    """Eager, then compiled with a cold and a warm on-disk compile cache, each trial in a fresh process."""
+    cfg = method_config("idfd", args)
+    compiled = runtime_for("bf16 + cl + compiled", device, args.quick)
+    cases = [("eager (fp32)", RUNTIMES["fp32 eager"], "eager")]
+    if compiled is not None:
+        cases += [(f"compiled ({compiled['compile']}), cold cache", compiled, "compiled")]
+        cases += [(f"compiled ({compiled['compile']}), warm cache", compiled, "compiled")]
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for what, runtime, cache in cases:
+            t = run_startup(runtime, Path(d) / cache, npz, cfg, device)
+            first, second = t["epochs"]
+            note = (
+                f"imports {t['imports']:.1f} s, loop built {t['build']:.1f} s, first epoch {first:.1f} s, "
+                f"second {second:.1f} s: start-up cost {t['imports'] + t['build'] + first - second:.1f} s"
+            )
+            rows.append(Row("start-up", f"fresh-process IDFD trial, {what}", None, note=note))
+            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    if compiled is None:
+        rows.append(Row("start-up", "compiled", None, note="skipped in --quick on the CPU"))
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -443,7 +516,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.worker:
-        packed_worker(args.worker)
+        spec = json.loads(args.worker)
+        startup_worker(spec) if spec.get("kind") == "startup" else packed_worker(spec)
         return []
     device = throughput.resolve_device(args.device)
     args.device = device.type
@@ -452,7 +526,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     with tempfile.TemporaryDirectory() as d:
         npz = write_npz(args.n, Path(d) / "synthetic32.npz")
         rows = []
-        if not args.only_overhead:
+        every = not (args.only_overhead or args.only_startup)
+        if every:
             ref = reference_images_per_s(npz, args, device)
             rows = [
                 Row("reference", "PIL + DataLoader IDFD loop", ref, "1.00x", "", f"{args.workers} workers")
@@ -460,12 +535,12 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             print(format_table(rows), flush=True)
             rows += method_rows(npz, args, device, ref)
             rows += packing_rows(npz, args, device)
-        ratio, note = sweep_overhead(npz, args)
-        rows.append(
-            Row(
-                "sweep", "overhead (Ray sweep / in-process)", None, f"{ratio:.2f}x" if ratio else "", "", note
-            )
-        )
+        if every or args.only_startup:
+            rows += startup_rows(npz, args, device)
+        if every or args.only_overhead:
+            ratio, note = sweep_overhead(npz, args)
+            ratio_s = f"{ratio:.2f}x" if ratio else ""
+            rows.append(Row("sweep", "overhead (Ray sweep / in-process)", None, ratio_s, "", note))
     seconds = time.perf_counter() - t0
     print()
     print(format_table(rows))

@@ -64,3 +64,8 @@ def test_quick_cpu_run_measures_every_part(gpu_bench) -> None:
     assert [r.what for r in packed] == ["1 IDFD trials, MPS off", "2 IDFD trials, MPS off"]
     assert all(r.images_per_s > 0 for r in packed)
     assert "skipped" in by_part["sweep"][0].note
+    eager, skipped = by_part[
+        "start-up"
+    ]  # a fresh process's trial; compiled rows skipped in --quick on the CPU
+    assert eager.what == "fresh-process IDFD trial, eager (fp32)" and "first epoch" in eager.note
+    assert "skipped" in skipped.note
