@@ -17,7 +17,8 @@ Usage (``--help`` lists every option)::
     nice -n 10 python benchmarks/fidelity.py                      # every method, 5 seeds, digits (~22 min, 2 idle cores)
     python benchmarks/fidelity.py --methods ics --set ics.reduction=sum
     python benchmarks/fidelity.py --quick                         # CI: 2 seeds, tiny budget
-    python benchmarks/fidelity.py --data mnist --scale 10 --workers 8 --record   # a bigger machine
+    python benchmarks/fidelity.py --data mnist --scale 10 --workers 8 --device cuda --record   # a GPU machine
+    python benchmarks/fidelity.py --device cuda --runtime precision=bf16 --runtime compile=default  # GPU fast path
 
 ``--record`` appends the tables, the machine, the date and the command to benchmarks/RESULTS.md.
 """
@@ -205,6 +206,8 @@ class Job:
     config: dict[str, Any]
     data: dict[str, Any]
     epochs: int
+    device: str = "cpu"
+    runtime: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,10 +219,12 @@ class Outcome:
     nmi: float
     seconds: float
     error: str = ""
+    runtime_tags: dict[str, str] = field(default_factory=dict)
+    """What the trial ran with after fallbacks (``runtime.*`` of its last report; empty if it failed)."""
 
 
 def run_job(job: Job) -> Outcome:
-    """Train one trial in this process on the CPU and return its final evaluation."""
+    """Train one trial in this process on ``job.device`` (``job.runtime``) and return its final evaluation."""
     import torch
 
     from tuneclust.trainable import TrialLoop, TrialPlan
@@ -229,13 +234,15 @@ def run_job(job: Job) -> Outcome:
     plan = TrialPlan(
         job.method, {**job.config, "seed": job.seed}, job.data, job.epochs, eval_every=job.epochs
     )
+    plan.runtime = job.runtime
     last: dict[str, float] = {}
     try:
-        for result in TrialLoop(plan, torch.device("cpu")).run():
+        for result in TrialLoop(plan, torch.device(job.device)).run():
             last = result
     except Exception as e:  # a diverged trial is a result (NaN), not a crash of the benchmark
         return Outcome(job, math.nan, math.nan, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200])
-    return Outcome(job, float(last["acc"]), float(last["nmi"]), time.perf_counter() - t0)
+    tags = {k: str(v) for k, v in last.items() if k.startswith("runtime.")}
+    return Outcome(job, float(last["acc"]), float(last["nmi"]), time.perf_counter() - t0, runtime_tags=tags)
 
 
 def _worker_init() -> None:
@@ -301,9 +308,32 @@ def parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def parse_runtime(items: Sequence[str]) -> dict[str, Any]:
+    """``--runtime KEY=VALUE`` (VALUE parsed as YAML) -> the spec's ``runtime:`` section, validated."""
+    from pydantic import ValidationError
+
+    from tuneclust.runtime import RuntimeConfig
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in RuntimeConfig.model_fields:
+            raise SystemExit(
+                f"fidelity.py: --runtime {item!r}: expected KEY=VALUE with KEY in {sorted(RuntimeConfig.model_fields)}"
+            )
+        out[key] = yaml.safe_load(value)
+    try:
+        RuntimeConfig.model_validate(out)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise SystemExit(f"fidelity.py: --runtime {err['loc'][0]}: {err['msg']}") from None
+    return out
+
+
 def build_jobs(args: argparse.Namespace) -> list[Job]:
     """Every (method, arm, seed) trial of the selected studies, biggest budgets first."""
     sets = parse_sets(args.set)
+    runtime = parse_runtime(args.runtime)
     data = data_config(args.data, args.image_size, args.subsample)
     jobs = []
     for name in args.methods:
@@ -318,7 +348,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
             if args.arms and arm not in args.arms:
                 continue
             for seed in range(args.seeds):
-                jobs.append(Job(name, arm, seed, {**cfg, **over}, data, epochs))
+                jobs.append(Job(name, arm, seed, {**cfg, **over}, data, epochs, args.device, runtime))
     return jobs
 
 
@@ -382,14 +412,20 @@ def machine() -> str:
     )
 
 
-def record(text: str, args: argparse.Namespace, wall: float) -> None:
-    """Append a section with the tables, machine, date and command to benchmarks/RESULTS.md."""
+def runtimes_line(outcomes: Sequence[Outcome]) -> str:
+    """The runtimes the trials actually used, e.g. ``runtime.device=cpu, runtime.precision=fp32, ...``."""
+    seen = sorted({tuple(sorted(o.runtime_tags.items())) for o in outcomes if o.runtime_tags})
+    return "; ".join(", ".join(f"{k}={v}" for k, v in tags) for tags in seen) or "n/a (no trial finished)"
+
+
+def record(text: str, args: argparse.Namespace, wall: float, runtimes: str) -> None:
+    """Append a section with the tables, machine, date, command and runtimes to benchmarks/RESULTS.md."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/fidelity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     section = (
         f"\n## Fidelity: {', '.join(args.methods)} on {args.data} ({when})\n\n"
         f"- Machine: {machine()}; {args.workers} worker processes, 1 torch thread each.\n"
-        f"- Command: `{cmd}`\n- Wall time: {wall / 60:.1f} min.\n\n{text}"
+        f"- Command: `{cmd}`\n- Runtime: {runtimes}.\n- Wall time: {wall / 60:.1f} min.\n\n{text}"
     )
     with RESULTS.open("a") as f:
         f.write(section)
@@ -425,6 +461,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="METHOD.KEY=VALUE",
         help="override a config key of one study",
     )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the trials run (default cpu)"
+    )
+    p.add_argument(
+        "--runtime",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a runtime: key of every trial (precision, channels_last, compile, ...; default fp32 eager)",
+    )
     p.add_argument("--quick", action="store_true", help="CI: 2 seeds, tiny budget, 400 samples")
     p.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
@@ -434,6 +480,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.subsample = 400
     if args.seeds < 1 or args.workers < 1 or args.scale <= 0 or (args.epochs is not None and args.epochs < 1):
         p.error("--seeds, --workers and --epochs must be >= 1 and --scale > 0")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: no CUDA device is visible here")
     return args
 
 
@@ -448,9 +499,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcomes = run_jobs(jobs, args.workers, lambda s: print(s, flush=True))
     wall = time.perf_counter() - t0
     text = tables(outcomes, args.methods)
-    print(f"\n{text}\nwall time {wall / 60:.1f} min")
+    runtimes = runtimes_line(outcomes)
+    print(f"\n{text}\nruntime: {runtimes}\nwall time {wall / 60:.1f} min")
     if args.record:
-        record(text, args, wall)
+        record(text, args, wall, runtimes)
         print(f"recorded in {RESULTS}")
     return 0
 

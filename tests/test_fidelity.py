@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
 
@@ -82,6 +83,44 @@ def test_set_and_data_arguments(fidelity, tmp_path):
         fidelity.parse_args(["--methods", "cdc", "--arms", "AEs_Lc", "AEs_LDC", "--seeds", "3"])
     )
     assert sorted({j.arm for j in only}) == ["AEs_LDC", "AEs_Lc"] and len(only) == 6
+
+
+def test_runtime_and_device_arguments(fidelity):
+    args = fidelity.parse_args(
+        ["--methods", "idfd", "--runtime", "compile=default", "--runtime", "tf32=false"]
+    )
+    jobs = fidelity.build_jobs(args)
+    assert {j.device for j in jobs} == {"cpu"}
+    assert all(j.runtime == {"compile": "default", "tf32": False} for j in jobs)
+    assert fidelity.build_jobs(fidelity.parse_args(["--methods", "idfd"]))[0].runtime == {}  # fp32 eager
+    for bad in (["--runtime", "nosuch=1"], ["--runtime", "precision=fp8"], ["--runtime", "compile"]):
+        with pytest.raises(SystemExit, match="--runtime"):
+            fidelity.build_jobs(fidelity.parse_args(["--methods", "idfd", *bad]))
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            fidelity.parse_args(["--device", "cuda"])
+
+
+def test_a_job_runs_with_its_runtime(fidelity):
+    """The runtime reaches the trial loop: channels_last is reported back in the trial's runtime tags."""
+    job = fidelity.Job(
+        "idfd",
+        "IDFD",
+        0,
+        {"backbone": "convnet", "batch_size": 32, "max_steps_per_epoch": 2},
+        {"name": "digits", "subsample": 200},
+        1,
+        "cpu",
+        {"channels_last": True},
+    )
+    threads = torch.get_num_threads()
+    try:
+        out = fidelity.run_job(job)
+    finally:
+        torch.set_num_threads(threads)
+    assert not out.error and 0 <= out.acc <= 1
+    assert out.runtime_tags["runtime.channels_last"] == "true"
+    assert "runtime.channels_last=true" in fidelity.runtimes_line([out])
 
 
 def test_quick_run_prints_every_arm_and_claim(fidelity, capsys):
