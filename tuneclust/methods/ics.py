@@ -53,7 +53,9 @@ class ICS(Method):
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
         self.net = self.add_net(
-            "net", ConvAutoencoder(data.channels, data.image_size, cfg.latent_dim, cfg.arch)
+            "net",
+            ConvAutoencoder(data.channels, data.image_size, cfg.latent_dim, cfg.arch),
+            entry_points=("encode", "decode"),
         )
         self.centers = torch.nn.Parameter(torch.zeros(data.num_classes, cfg.latent_dim, device=device))
         self.add_optimizer("adam", "adam", [*self.net.parameters(), self.centers], lambda c: {"lr": c.lr})
