@@ -14,7 +14,7 @@ Per arm the table gives mean ± std of ACC and NMI over seeds; per claim the mea
 
 Usage (``--help`` lists every option)::
 
-    nice -n 10 python benchmarks/fidelity.py                      # every method, 5 seeds, digits (~22 min, 2 idle cores)
+    nice -n 10 python benchmarks/fidelity.py                      # every method, 5 seeds, digits (15-22 min, 2 idle cores)
     python benchmarks/fidelity.py --methods ics --set ics.reduction=sum
     python benchmarks/fidelity.py --quick                         # CI: 2 seeds, tiny budget
     python benchmarks/fidelity.py --data mnist --scale 10 --workers 8 --device cuda --record   # a GPU machine
@@ -405,9 +405,12 @@ def machine() -> str:
     """One line describing where the benchmark ran."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from throughput import cpu_model  # benchmarks/throughput.py: the one /proc/cpuinfo reader
+
     return (
-        f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu}), {platform.system()} {platform.release()}, "
+        f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()}), "
+        f"{platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, torch {torch.__version__}"
     )
 
