@@ -17,6 +17,7 @@ Usage (``--help`` lists every option)::
     nice -n 10 python benchmarks/fidelity.py                      # every method, 5 seeds, digits (15-22 min, 2 idle cores)
     python benchmarks/fidelity.py --methods ics --set ics.reduction=sum
     python benchmarks/fidelity.py --quick                         # CI: 2 seeds, tiny budget
+    python benchmarks/fidelity.py --methods cdc dccs --data mnist5k --record   # real 28x28 MNIST digits, offline
     python benchmarks/fidelity.py --data mnist --scale 10 --workers 8 --device cuda --record   # a GPU machine
     python benchmarks/fidelity.py --device cuda --runtime precision=bf16 --runtime compile=default  # GPU fast path
 
@@ -442,7 +443,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--methods", nargs="+", choices=sorted(STUDIES), default=list(STUDIES), help="studies to run"
     )
     p.add_argument(
-        "--data", default="digits", help="registry dataset name or .npz/.npy/.pkl path (default digits)"
+        "--data",
+        default="digits",
+        help="registry dataset name (digits; mnist5k: 5,000 real 28x28 MNIST digits, offline) or .npz/.npy/.pkl path (default digits)",
     )
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     p.add_argument("--subsample", type=int, default=None, help="keep a seeded subset of this many samples")
