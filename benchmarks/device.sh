@@ -10,6 +10,11 @@
 # skipped there without Ray), 3. runs the CUDA-only tests (CUDA graphs equal eager: the runtime's small net and
 # every method through the trial loop; k-means on the GPU). Logs and the updated benchmarks/RESULTS.md are written to $OUT (the device tool
 # brings them back); copy the new RESULTS.md section into the repository.
+#
+# The fast path's quality is a second call (another ~10 minutes, so a later session's or a larger budget):
+#   device:  run(command="bash benchmarks/device.sh quality", carry=[".whl"], timeout_s=600)
+# trains IDFD, DCCS M1, CDC AE*+L_DC and ICS full on the digits, 3 seeds, with the GPU defaults (bf16,
+# channels_last, CUDA graphs) and in fp32 eager, and records fast - eager per arm (benchmarks/fidelity.py --vs-eager).
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -19,6 +24,14 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())"
 # gpu.py first: it prints each row as it is measured, so a cut-off run still leaves its rows in gpu.log
+if [ "${1:-}" = quality ]; then
+  t0=$(date +%s)
+  timeout 540 python3 benchmarks/fidelity.py --device cuda --vs-eager --arms IDFD M1 AEs_LDC full --seeds 3 \
+    --workers 4 --record 2>&1 | tee "$OUT/quality.log"
+  echo "fidelity --vs-eager: $(( $(date +%s) - t0 )) s (exit ${PIPESTATUS[0]})"
+  cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+  exit 0
+fi
 t0=$(date +%s)
 timeout 420 python3 benchmarks/gpu.py --device cuda --record 2>&1 | tee "$OUT/gpu.log"
 echo "gpu.py: $(( $(date +%s) - t0 )) s (exit ${PIPESTATUS[0]})"

@@ -12,6 +12,11 @@ loop (:class:`tuneclust.trainable.TrialLoop`), and scored at its final evaluatio
 Per arm the table gives mean ± std of ACC and NMI over seeds; per claim the mean paired-seed gap with a Student-t
 95% confidence interval and a verdict: ``holds`` (CI above 0), ``not shown`` (CI spans 0), ``reversed`` (CI below 0).
 
+``--vs-eager`` checks a fast runtime's quality instead: every selected arm and seed is trained twice, with the
+``--runtime``/``--device`` given and in fp32 eager on the same device, and a third table gives per arm the paired
+gap fast - eager with its CI and the verdict ``within spread`` when the mean gap is no larger than the eager
+arm's seed-to-seed standard deviation (else ``below``/``above``).
+
 Usage (``--help`` lists every option)::
 
     nice -n 10 python benchmarks/fidelity.py                      # every method, 5 seeds, digits (15-22 min, 2 idle cores)
@@ -20,6 +25,7 @@ Usage (``--help`` lists every option)::
     python benchmarks/fidelity.py --methods cdc dccs --data mnist5k --record   # real 28x28 MNIST digits, offline
     python benchmarks/fidelity.py --data mnist --scale 10 --workers 8 --device cuda --record   # a GPU machine
     python benchmarks/fidelity.py --device cuda --runtime precision=bf16 --runtime compile=default  # GPU fast path
+    python benchmarks/fidelity.py --arms IDFD M1 AEs_LDC full --vs-eager --runtime precision=bf16   # fast vs fp32 eager
 
 ``--record`` appends the tables, the machine, the date and the command to benchmarks/RESULTS.md.
 """
@@ -46,6 +52,8 @@ import yaml
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 METRICS = ("acc", "nmi")
+EAGER = {"precision": "fp32", "channels_last": False, "compile": "none", "tf32": False}
+"""The reference runtime of ``--vs-eager``: fp32 eager without TF32 (what the defaults resolve to on the CPU)."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +185,15 @@ def verdict(low: float, high: float) -> str:
     return "not shown"
 
 
+def spread_verdict(gap_mean: float, eager_std: float) -> str:
+    """``within spread`` when ``|gap_mean|`` is at most the eager arm's seed std, else ``below``/``above``."""
+    if not math.isfinite(gap_mean) or not math.isfinite(eager_std):
+        return "n/a"
+    if abs(gap_mean) <= eager_std:
+        return "within spread"
+    return "below" if gap_mean < 0 else "above"
+
+
 def paired_gap(better: Sequence[float], worse: Sequence[float], level: float = 0.95) -> Gap:
     """Mean of the paired differences with a Student-t CI (n - 1 degrees of freedom) and its verdict.
 
@@ -209,6 +226,8 @@ class Job:
     epochs: int
     device: str = "cpu"
     runtime: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""
+    """``fast`` or ``eager`` under ``--vs-eager``; empty otherwise."""
 
 
 @dataclass
@@ -272,7 +291,10 @@ def run_jobs(jobs: list[Job], workers: int, log: Callable[[str], None]) -> list[
 def _line(o: Outcome) -> str:
     j = o.job
     tail = f"  FAILED {o.error}" if o.error else ""
-    return f"  {j.method:5s} {j.arm:11s} seed {j.seed}: acc {o.acc:.3f} nmi {o.nmi:.3f} ({o.seconds:.0f} s){tail}"
+    arm = f"{j.arm} [{j.variant}]" if j.variant else j.arm
+    return (
+        f"  {j.method:5s} {arm:11s} seed {j.seed}: acc {o.acc:.3f} nmi {o.nmi:.3f} ({o.seconds:.0f} s){tail}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -349,7 +371,13 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
             if args.arms and arm not in args.arms:
                 continue
             for seed in range(args.seeds):
-                jobs.append(Job(name, arm, seed, {**cfg, **over}, data, epochs, args.device, runtime))
+                if args.vs_eager:
+                    for variant, rt in (("fast", runtime), ("eager", EAGER)):
+                        jobs.append(
+                            Job(name, arm, seed, {**cfg, **over}, data, epochs, args.device, rt, variant)
+                        )
+                else:
+                    jobs.append(Job(name, arm, seed, {**cfg, **over}, data, epochs, args.device, runtime))
     return jobs
 
 
@@ -363,10 +391,12 @@ def _fmt(values: Sequence[float]) -> str:
 
 
 def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
-    """Markdown: per arm mean ± std of ACC/NMI; per claim the paired gaps, CIs and verdicts."""
-    by: dict[tuple[str, str], dict[int, Outcome]] = {}
+    """Markdown: per arm mean ± std of ACC/NMI; per claim the paired gaps, CIs and verdicts; under
+    ``--vs-eager`` (jobs with a variant) each arm and claim per variant, and the fast - eager table."""
+    by: dict[tuple[str, str, str], dict[int, Outcome]] = {}
     for o in outcomes:
-        by.setdefault((o.job.method, o.job.arm), {})[o.job.seed] = o
+        by.setdefault((o.job.method, o.job.arm, o.job.variant), {})[o.job.seed] = o
+    variants = sorted({o.job.variant for o in outcomes})
     arm_rows = [
         "| method | arm | seeds | ACC mean ± std | NMI mean ± std | failed | s/trial |",
         "|---|---|---|---|---|---|---|",
@@ -375,10 +405,15 @@ def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
         "| method | claim | metric | pairs | gap mean | 95% CI | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in methods:
+    vs_rows = [
+        "| method | arm | metric | pairs | fast - eager | 95% CI | eager seed std | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, variant in ((n, v) for n in methods for v in variants):
         st = STUDIES[name]
+        tag = f" [{variant}]" if variant else ""
         for arm in st.arms:
-            runs = by.get((name, arm), {})
+            runs = by.get((name, arm, variant), {})
             if not runs:
                 continue
             accs = [o.acc for o in runs.values()]
@@ -386,20 +421,38 @@ def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
             secs = np.mean([o.seconds for o in runs.values()]) if runs else math.nan
             failed = sum(bool(o.error) for o in runs.values())
             arm_rows.append(
-                f"| {name} | {arm} | {len(runs)} | {_fmt(accs)} | {_fmt(nmis)} | {failed} | {secs:.0f} |"
+                f"| {name} | {arm}{tag} | {len(runs)} | {_fmt(accs)} | {_fmt(nmis)} | {failed} | {secs:.0f} |"
             )
+            eager = by.get((name, arm, "eager"), {})
+            if variant == "fast" and eager:
+                seeds = sorted(set(runs) & set(eager))
+                for metric in METRICS:
+                    f_ = [getattr(runs[s], metric) for s in seeds]
+                    e_ = np.asarray([getattr(eager[s], metric) for s in seeds], dtype=float)
+                    g = paired_gap(f_, e_)
+                    e_ = e_[np.isfinite(e_)]
+                    std = float(e_.std(ddof=1)) if len(e_) > 1 else math.nan
+                    vs_rows.append(
+                        f"| {name} | {arm} | {metric.upper()} | {g.n} | {g.mean:+.3f} | [{g.low:+.3f}, {g.high:+.3f}] "
+                        f"| {std:.3f} | {spread_verdict(g.mean, std)} |"
+                    )
         for claim in st.claims:
-            b, w = by.get((name, claim.better), {}), by.get((name, claim.worse), {})
+            b, w = by.get((name, claim.better, variant), {}), by.get((name, claim.worse, variant), {})
             seeds = sorted(set(b) & set(w))
             if not seeds:
                 continue
             for metric in METRICS:
                 g = paired_gap([getattr(b[s], metric) for s in seeds], [getattr(w[s], metric) for s in seeds])
                 claim_rows.append(
-                    f"| {name} | {claim.better} > {claim.worse} | {metric.upper()} | {g.n} | {g.mean:+.3f} "
+                    f"| {name} | {claim.better} > {claim.worse}{tag} | {metric.upper()} | {g.n} | {g.mean:+.3f} "
                     f"| [{g.low:+.3f}, {g.high:+.3f}] | {g.verdict} |"
                 )
-    return "\n".join(arm_rows) + "\n\n" + "\n".join(claim_rows) + "\n"
+    text = "\n".join(arm_rows) + "\n"
+    if len(claim_rows) > 2:  # some claim had both of its arms
+        text += "\n" + "\n".join(claim_rows) + "\n"
+    if len(vs_rows) > 2:
+        text += "\n" + "\n".join(vs_rows) + "\n"
+    return text
 
 
 def machine() -> str:
@@ -427,7 +480,8 @@ def record(text: str, args: argparse.Namespace, wall: float, runtimes: str) -> N
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/fidelity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     section = (
-        f"\n## Fidelity: {', '.join(args.methods)} on {args.data} ({when})\n\n"
+        f"\n## Fidelity{' (fast path vs fp32 eager)' if args.vs_eager else ''}: {', '.join(args.methods)} "
+        f"on {args.data} ({when})\n\n"
         f"- Machine: {machine()}; {args.workers} worker processes, 1 torch thread each.\n"
         f"- Command: `{cmd}`\n- Runtime: {runtimes}.\n- Wall time: {wall / 60:.1f} min.\n\n{text}"
     )
@@ -477,6 +531,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="a runtime: key of every trial (precision, channels_last, compile, ...; default fp32 eager)",
     )
+    p.add_argument(
+        "--vs-eager",
+        action="store_true",
+        help="train every arm also in fp32 eager and report fast - eager per arm (the fast path's quality)",
+    )
     p.add_argument("--quick", action="store_true", help="CI: 2 seeds, tiny budget, 400 samples")
     p.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
@@ -486,6 +545,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.subsample = 400
     if args.seeds < 1 or args.workers < 1 or args.scale <= 0 or (args.epochs is not None and args.epochs < 1):
         p.error("--seeds, --workers and --epochs must be >= 1 and --scale > 0")
+    if args.vs_eager and args.device == "cpu" and not args.runtime:
+        p.error("--vs-eager: on the CPU the default runtime is fp32 eager; name the fast one with --runtime")
     if args.device == "cuda":
         import torch
 

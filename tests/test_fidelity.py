@@ -3,6 +3,7 @@ of all four methods on a digits subset, in a process pool), checking the table's
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import re
@@ -139,3 +140,40 @@ def test_quick_run_prints_every_arm_and_claim(fidelity, capsys):
     n_claims = sum(len(st.claims) for st in fidelity.STUDIES.values())
     assert len(claims) == 2 * n_claims
     assert {c[3] for c in claims} <= {"holds", "not shown", "reversed"}
+
+
+def test_vs_eager_pairs_every_job_with_an_fp32_eager_twin(fidelity):
+    args = fidelity.parse_args(
+        ["--methods", "idfd", "--arms", "IDFD", "--seeds", "2", "--vs-eager", "--runtime", "precision=bf16"]
+    )
+    jobs = fidelity.build_jobs(args)
+    assert sorted((j.seed, j.variant) for j in jobs) == [(0, "eager"), (0, "fast"), (1, "eager"), (1, "fast")]
+    assert {j.variant: j.runtime for j in jobs} == {"fast": {"precision": "bf16"}, "eager": fidelity.EAGER}
+    fast, eager = (next(j for j in jobs if j.variant == v) for v in ("fast", "eager"))
+    assert fast.config == eager.config and fast.data == eager.data and fast.epochs == eager.epochs
+    with pytest.raises(SystemExit):  # on the CPU the default runtime is already fp32 eager
+        fidelity.parse_args(["--vs-eager"])
+
+
+def test_vs_eager_table_on_fixed_numbers(fidelity):
+    """fast - eager per arm: paired mean, t CI, and 'within spread' iff |mean| <= the eager arm's seed std."""
+
+    def out(arm, seed, variant, acc, nmi):
+        job = fidelity.Job("idfd", arm, seed, {}, {}, 1, variant=variant)
+        return fidelity.Outcome(job, acc, nmi, 1.0)
+
+    eager_acc, eager_nmi = [0.60, 0.70, 0.80], [0.50, 0.52, 0.54]  # seed std .100 and .020
+    fast_acc = [a - 0.05 for a in eager_acc]  # .05 below: within the .10 spread
+    fast_nmi = [n + 0.03 for n in eager_nmi]  # .03 above: outside the .02 spread
+    outs = [out("IDFD", s, "eager", eager_acc[s], eager_nmi[s]) for s in range(3)]
+    outs += [out("IDFD", s, "fast", fast_acc[s], fast_nmi[s]) for s in range(3)]
+    text = fidelity.tables(outs, ["idfd"])
+    assert "| idfd | IDFD [fast] | 3 | 0.650 ± 0.100 |" in text
+    assert "| idfd | IDFD [eager] | 3 | 0.700 ± 0.100 |" in text
+    assert "| idfd | IDFD | ACC | 3 | -0.050 | [-0.050, -0.050] | 0.100 | within spread |" in text
+    assert "| idfd | IDFD | NMI | 3 | +0.030 | [+0.030, +0.030] | 0.020 | above |" in text
+    assert fidelity.spread_verdict(-0.03, 0.02) == "below" and fidelity.spread_verdict(0.0, math.nan) == "n/a"
+    plain = fidelity.tables(
+        [dataclasses.replace(o, job=dataclasses.replace(o.job, variant="")) for o in outs[:3]], ["idfd"]
+    )
+    assert "fast - eager" not in plain  # no third table without --vs-eager
