@@ -15,6 +15,8 @@
 #   device:  run(command="bash benchmarks/device.sh quality", carry=[".whl"], timeout_s=600)
 # trains IDFD, DCCS M1, CDC AE*+L_DC and ICS full on the digits, 3 seeds, with the GPU defaults (bf16,
 # channels_last, CUDA graphs) and in fp32 eager, and records fast - eager per arm (benchmarks/fidelity.py --vs-eager).
+# `bash benchmarks/device.sh steps` (a third call) records benchmarks/step_graph.py: each method's step eager, with
+# only its nets compiled, and with its whole pure part (augmentation, nets, loss) in CUDA graphs.
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -24,6 +26,11 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())"
 # gpu.py first: it prints each row as it is measured, so a cut-off run still leaves its rows in gpu.log
+if [ "${1:-}" = steps ]; then  # each method eager / nets compiled / whole step in CUDA graphs (~5 min)
+  timeout 540 python3 benchmarks/step_graph.py --device cuda --record 2>&1 | tee "$OUT/step_graph.log"
+  cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+  exit 0
+fi
 if [ "${1:-}" = quality ]; then
   t0=$(date +%s)
   timeout 540 python3 benchmarks/fidelity.py --device cuda --vs-eager --arms IDFD M1 AEs_LDC full --seeds 3 \

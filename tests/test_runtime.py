@@ -252,6 +252,66 @@ def test_compile_reaches_the_entry_points_each_step_calls(method) -> None:
             assert not any(k.startswith("_orig_mod") for k in net.state_dict())  # checkpoints keep their keys
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_idfd_forward_is_one_graph(channels) -> None:
+    """IDFD's whole forward (augmentation applied with drawn parameters, normalisation, backbone, loss against
+    the bank) traces as one graph without a break, so a compiled step fuses it and CUDA graphs replay it as one;
+    3 channels include saturation jitter and grayscale. The runtime compiles it (with the CUDA-graph output
+    clones where that is the mode), and eager leaves it the plain method."""
+    import torch._dynamo
+
+    from tuneclust.data.registry import Dataset
+    from tuneclust.methods import get_method
+
+    g = torch.Generator().manual_seed(0)
+    data = Dataset(
+        "syn", torch.rand(64, channels, 16, 16, generator=g), None, 4, (0.5,) * channels, (0.25,) * channels
+    )
+    idfd = get_method("idfd")
+    cfg = idfd.Config(backbone="convnet", batch_size=32, aug_flip=True)
+    m = idfd(cfg, data, CPU, 1)
+    assert m._forward == m.forward_loss  # eager: the method itself
+    idx = torch.arange(32)
+    params = m.draw_augment(32)
+    assert {"crop", "color", "gray", "flip"} <= set(params)
+    hp = {"tau": cfg.tau, "tau2": cfg.tau2, "weights": cfg.weights()}
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(m.forward_loss)(m.x[idx], params, m.bank, idx, hp)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    for mode in ("default", "cudagraphs"):
+        compiled = idfd(cfg, data, CPU, 1, runtime.Runtime(device=CPU, compile_mode=mode))
+        assert _is_compiled(compiled._forward)
+        cloned = not hasattr(compiled._forward, "_torchdynamo_orig_callable")  # the output-cloning wrapper
+        assert cloned is (mode == "cudagraphs")
+
+
+def test_idfd_draw_then_apply_is_its_augmentation() -> None:
+    """Drawing the parameters and applying them gives the images the ops give from the same generator state."""
+    from tuneclust.data import augment as A
+    from tuneclust.data.registry import Dataset
+    from tuneclust.methods import get_method
+
+    x = torch.rand(16, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    m = get_method("idfd")(
+        get_method("idfd").Config(backbone="convnet", aug_flip=True),
+        Dataset("syn", x, None, 2, (0.5,) * 3, (0.25,) * 3),
+        CPU,
+        1,
+    )
+    state = m.generator.get_state()
+    got = m.augment(x)
+    g = torch.Generator().manual_seed(0)
+    g.set_state(state)
+    c = m.cfg
+    want = A.random_resized_crop(x, scale=(c.aug_crop_scale, 1.0), ratio=(3 / 4, 4 / 3), generator=g)
+    s = c.aug_color_strength
+    want = A.color_jitter(want, brightness=s, contrast=s, saturation=s, generator=g)
+    want = A.random_grayscale(want, p=c.aug_gray_p, generator=g)
+    want = A.horizontal_flip(want, p=0.5, generator=g)
+    assert torch.equal(got, want) and not torch.equal(got, x)
+    assert torch.equal(m.generator.get_state(), g.get_state())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(COMPILED))
 @pytest.mark.parametrize(
@@ -270,7 +330,7 @@ def test_compile_reaches_the_entry_points_each_step_calls(method) -> None:
 def test_every_method_trains_compiled_as_eager(method, device, mode) -> None:
     """Each method's two epochs (every phase), compiled (inductor on the CPU, CUDA graphs on a GPU), give eager
     fp32's losses (rel 1e-3; ICS's joint epoch 1e-2, its negatives are discrete choices), and dynamo captured
-    graphs (compilation ran). TF32 off on the GPU so that eager and compiled compute in fp32 alike."""
+    graphs (compilation ran) without a graph break. TF32 off on the GPU so that eager and compiled compute in fp32 alike."""
     import torch._dynamo
 
     from tuneclust.trainable import TrialLoop, TrialPlan
@@ -284,6 +344,8 @@ def test_every_method_trains_compiled_as_eager(method, device, mode) -> None:
         runs[compile_mode] = list(TrialLoop(plan, torch.device(device)).run())
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert (graphs > 0) is (compile_mode != "none"), graphs
+        breaks = dict(torch._dynamo.utils.counters["graph_break"])
+        assert not breaks, breaks  # each step's pure part (augmentation, nets, loss) is whole graphs
     for epoch, (ref, got) in enumerate(zip(runs["none"], runs[mode], strict=True)):
         rel = 1e-2 if method == "ics" and epoch else 1e-3
         for key in [k for k in ref if k.startswith("loss")]:

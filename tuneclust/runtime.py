@@ -101,6 +101,9 @@ class Runtime:
         compile_mode: ``none``, ``default`` or ``cudagraphs`` (applied by :meth:`compile`).
         tf32: TF32 allowed (CUDA only; False on the CPU).
         cudnn_benchmark: cuDNN autotuning (CUDA only; False on the CPU).
+        compile_step: compile each step's pure part (augmentation applied, nets, loss) as one graph
+            (:meth:`compile_fn`); False leaves it eager around the compiled nets' entry points (not a spec key:
+            benchmarks/step_graph.py compares the two).
     """
 
     device: torch.device
@@ -109,6 +112,7 @@ class Runtime:
     compile_mode: str = "none"
     tf32: bool = False
     cudnn_benchmark: bool = False
+    compile_step: bool = True
 
     @property
     def fused_optimizers(self) -> bool:
@@ -172,6 +176,16 @@ class Runtime:
                 fn = self.compile(getattr(net, name))
                 setattr(net, name, _cloning(fn) if self.compile_mode == "cudagraphs" else fn)
         return net
+
+    def compile_fn(self, fn: T) -> T:
+        """Compile a pure tensor function of the train step (e.g. augmentation applied with drawn parameters,
+        the networks and the loss) as one graph, so that its kernels fuse and, under CUDA graphs, launch as one
+        replay; ``fn`` itself when compilation is off. Under CUDA graphs the outputs are cloned (see
+        :meth:`compile_net`)."""
+        if self.compile_mode == "none" or not self.compile_step:
+            return fn
+        compiled = self.compile(fn)
+        return _cloning(compiled) if self.compile_mode == "cudagraphs" else compiled  # type: ignore[return-value]
 
     def step_begin(self) -> None:
         """Mark a new training iteration for CUDA graph trees (their documented call in a training loop)."""

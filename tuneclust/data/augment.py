@@ -5,6 +5,14 @@ Every op takes ``x`` (B, C, H, W) float in [0, 1] on any device and a keyword-on
 the generator state), and returns a tensor of the same shape, dtype and device unless stated. Geometric ops build
 per-sample affine matrices and do one ``affine_grid`` + ``grid_sample`` (bilinear) per call.
 
+Draw, then apply: where a method compiles its whole forward pass (augmentation, network, loss) into one graph,
+the random draws stay outside it (``torch.compile`` does not trace an explicit ``generator``). Those ops are
+therefore also offered as a draw (generator -> per-sample parameters) and a pure apply (images, parameters ->
+images): :func:`sample_boxes` / :func:`crop_resize`, :func:`draw_color_jitter` / :func:`apply_color_jitter`,
+:func:`coin` / :func:`flip_where` and :func:`grayscale_where`, :func:`draw_channel_perm` /
+:func:`permute_channels`. Each op is its apply of its draw, drawing in the
+same order, so the two ways give the same images from the same generator state.
+
 The pipelines they serve (methods.md): IDFD (Wu et al. 2018 / Tao et al. 2021: RandomResizedCrop(0.2-1),
 ColorJitter(0.4, 0.4, 0.4), RandomGrayscale(0.2), horizontal flip), DCCS (crop 0.4-1, flip, jitter with hue
 0.125, channel shuffle, grayscale), ICS (rotation, scale, erasing, flip, brightness, contrast).
@@ -44,10 +52,11 @@ def _uniform(n: int, lo: float, hi: float, generator: torch.Generator, device: t
     return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
 
 
-def _coin(n: int, p: float, generator: torch.Generator, device: torch.device) -> Tensor:
-    """Bool (n,): True with probability p (p=1: always, p=0: never)."""
+def coin(n: int, p: float, generator: torch.Generator, device: torch.device | str | None = None) -> Tensor:
+    """Bool (n,): True with probability p (p=1: always, p=0: never), on ``device`` (default: the generator's)."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"probability p must be in [0, 1], got {p}")
+    device = device if device is not None else generator.device
     return torch.rand(n, generator=generator, device=device) < p
 
 
@@ -163,10 +172,16 @@ def random_scale(x: Tensor, *, scale: tuple[float, float] = (0.9, 1.1), generato
     return _warp(x, theta)
 
 
+def flip_where(x: Tensor, mask: Tensor) -> Tensor:
+    """Mirror left-right the samples where ``mask`` (B,) bool is True."""
+    _check(x)
+    return _pick(mask, x.flip(-1), x)
+
+
 def horizontal_flip(x: Tensor, *, p: float = 0.5, generator: torch.Generator) -> Tensor:
     """Mirror each sample left-right with probability p."""
     _check(x)
-    return _pick(_coin(x.shape[0], p, generator, x.device), x.flip(-1), x)
+    return flip_where(x, coin(x.shape[0], p, generator, x.device))
 
 
 def random_erasing(
@@ -186,7 +201,7 @@ def random_erasing(
     top, left, h, w = sample_boxes(
         b, H, W, scale=scale, ratio=inv, generator=generator, device=x.device
     ).unbind(1)
-    apply = _coin(b, p, generator, x.device)
+    apply = coin(b, p, generator, x.device)
     rows = torch.arange(H, device=x.device)
     cols = torch.arange(W, device=x.device)
     in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
@@ -214,10 +229,16 @@ def to_grayscale(x: Tensor, *, channels: int = 1) -> Tensor:
     return luma if channels == 1 else luma.repeat(1, channels, 1, 1)
 
 
+def grayscale_where(x: Tensor, mask: Tensor) -> Tensor:
+    """Replace by their luma (keeping the channel count) the samples where ``mask`` (B,) bool is True."""
+    _check(x)
+    return _pick(mask, to_grayscale(x, channels=x.shape[1]), x)
+
+
 def random_grayscale(x: Tensor, *, p: float = 0.2, generator: torch.Generator) -> Tensor:
     """With probability p per sample, replace the image by its luma, keeping the channel count."""
     _check(x)
-    return _pick(_coin(x.shape[0], p, generator, x.device), to_grayscale(x, channels=x.shape[1]), x)
+    return grayscale_where(x, coin(x.shape[0], p, generator, x.device))
 
 
 def rgb_to_hsv(x: Tensor) -> Tensor:
@@ -269,6 +290,60 @@ def _factors(n: int, strength: float, generator: torch.Generator, device: torch.
     return _uniform(n, max(0.0, 1.0 - strength), 1.0 + strength, generator, device)
 
 
+def draw_color_jitter(
+    n: int,
+    *,
+    channels: int,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    saturation: float = 0.0,
+    hue: float = 0.0,
+    p: float = 1.0,
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """The per-sample parameters of :func:`color_jitter` for ``n`` images of ``channels`` channels.
+
+    Returns:
+        ``brightness``/``contrast``/``saturation`` factors (n,), ``hue`` shifts (n,) and ``apply`` (n,) bool, each
+        only where that step runs (a strength above 0; saturation and hue on 3 channels; ``apply`` for p < 1).
+    """
+    for name, val in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        _check_range(name, val, val)
+    _check_range("hue", hue, 0.5)
+    device = device if device is not None else generator.device
+    rgb = channels == 3
+    out: dict[str, Tensor] = {}
+    if brightness > 0:
+        out["brightness"] = _factors(n, brightness, generator, device)
+    if contrast > 0:
+        out["contrast"] = _factors(n, contrast, generator, device)
+    if saturation > 0 and rgb:
+        out["saturation"] = _factors(n, saturation, generator, device)
+    if hue > 0 and rgb:
+        out["hue"] = _uniform(n, -hue, hue, generator, device)
+    if p < 1.0:
+        out["apply"] = coin(n, p, generator, device)
+    return out
+
+
+def apply_color_jitter(x: Tensor, params: dict[str, Tensor]) -> Tensor:
+    """:func:`color_jitter` with drawn parameters (:func:`draw_color_jitter`): brightness, contrast, saturation,
+    hue, in that order; the samples where ``apply`` is False are returned unchanged."""
+    _check(x)
+    out = x
+    if "brightness" in params:
+        out = _blend(out, torch.zeros_like(out), params["brightness"])
+    if "contrast" in params:
+        mean = to_grayscale(out).mean(dim=(1, 2, 3), keepdim=True)
+        out = _blend(out, mean, params["contrast"])
+    if "saturation" in params:
+        out = _blend(out, to_grayscale(out), params["saturation"])
+    if "hue" in params:
+        out = adjust_hue(out, params["hue"])
+    return _pick(params["apply"], out, x) if "apply" in params else out
+
+
 def color_jitter(
     x: Tensor,
     *,
@@ -286,28 +361,38 @@ def color_jitter(
     each sample with probability p; the result is clamped to [0, 1].
     """
     _check(x)
-    for name, val in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
-        _check_range(name, val, val)
-    _check_range("hue", hue, 0.5)
-    b, rgb, dev = x.shape[0], x.shape[1] == 3, x.device
-    out = x
-    if brightness > 0:
-        out = _blend(out, torch.zeros_like(out), _factors(b, brightness, generator, dev))
-    if contrast > 0:
-        mean = to_grayscale(out).mean(dim=(1, 2, 3), keepdim=True)
-        out = _blend(out, mean, _factors(b, contrast, generator, dev))
-    if saturation > 0 and rgb:
-        out = _blend(out, to_grayscale(out), _factors(b, saturation, generator, dev))
-    if hue > 0 and rgb:
-        out = adjust_hue(out, _uniform(b, -hue, hue, generator, dev))
-    return out if p >= 1.0 else _pick(_coin(b, p, generator, dev), out, x)
+    params = draw_color_jitter(
+        x.shape[0],
+        channels=x.shape[1],
+        brightness=brightness,
+        contrast=contrast,
+        saturation=saturation,
+        hue=hue,
+        p=p,
+        generator=generator,
+        device=x.device,
+    )
+    return apply_color_jitter(x, params)
+
+
+def draw_channel_perm(
+    n: int, channels: int, generator: torch.Generator, device: torch.device | str | None = None
+) -> Tensor:
+    """Long (n, channels): an independent random permutation of the channels per sample."""
+    device = device if device is not None else generator.device
+    return torch.rand(n, channels, generator=generator, device=device).argsort(dim=1)
+
+
+def permute_channels(x: Tensor, perm: Tensor) -> Tensor:
+    """Reorder each sample's channels by its row of ``perm`` (n, C), as from :func:`draw_channel_perm`."""
+    _check(x)
+    return x.gather(1, perm[:, :, None, None].expand_as(x))
 
 
 def channel_shuffle(x: Tensor, *, generator: torch.Generator) -> Tensor:
     """An independent random permutation of the channels of each sample (DCCS: before graying)."""
     _check(x)
-    perm = torch.rand(x.shape[0], x.shape[1], generator=generator, device=x.device).argsort(dim=1)
-    return x.gather(1, perm[:, :, None, None].expand_as(x))
+    return permute_channels(x, draw_channel_perm(x.shape[0], x.shape[1], generator, x.device))
 
 
 def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:

@@ -17,8 +17,7 @@ pairs ``k != l``; the KL is the plain sum of Eq. 6).
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -180,7 +179,16 @@ def cdc_loss(
         alpha, norm, sharpen_z: the correlation kernels (see :func:`correlation_loss`).
         sharpen_q, detach_q: the affinity loss (see :func:`affinity_loss`).
     """
-    reg = cache(lambda: regularization_loss(z, x, x_rec, alpha=alpha, norm=norm, sharpen_z=sharpen_z))
+    memo: dict[
+        str, Any
+    ] = {}  # L_cr(Z, X) and L_cr(Z, X') share their kernels: computed once (a plain dict, which
+    # torch.compile traces, where functools.cache would break the graph)
+
+    def reg() -> Any:
+        if "reg" not in memo:
+            memo["reg"] = regularization_loss(z, x, x_rec, alpha=alpha, norm=norm, sharpen_z=sharpen_z)
+        return memo["reg"]
+
     return combine(
         weights,
         {

@@ -10,6 +10,10 @@ A method adds its networks, one optimisation ``step`` on a batch that returns it
   epoch and after :meth:`load_state_dict`, so a PBT mutation, a ``--set`` or a resume with a changed config trains
   at the configured values (nanoGPT's rule: the config wins over restored state);
 - eval-mode embedding in chunks with one chunk policy (:meth:`Method.map_chunks`);
+- compilation: a method hands the pure part of its step (augmentation applied with parameters drawn from the
+  trial's generator just before, networks, loss; no generator, no optimiser) to ``self.runtime.compile_fn``,
+  which compiles it as one graph where the runtime compiles (CUDA graphs on a GPU) and returns it unchanged
+  in eager; the draws, backward and optimiser step stay outside (:meth:`Method.descend`);
 - checkpoint state: counters, the data-order/augmentation generator, registered networks, optimisers and the
   attributes named in ``state_attrs``.
 
@@ -124,6 +128,9 @@ class Exact:
 
     def compile_net(self, net: torch.nn.Module, entry_points: tuple[str, ...]) -> torch.nn.Module:
         return net
+
+    def compile_fn(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return fn
 
     def step_begin(self) -> None:
         return None

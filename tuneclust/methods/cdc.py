@@ -86,6 +86,8 @@ class CDC(Method):
         self.delta_label = float("nan")
         self._perm: torch.Tensor | None = None
         self._pos = 0
+        self._pretrain_forward = self.runtime.compile_fn(self.pretrain_loss)
+        self._finetune_forward = self.runtime.compile_fn(self.finetune_loss)
 
     @classmethod
     def recommended_epochs(cls, cfg: CDCConfig) -> int:
@@ -111,27 +113,42 @@ class CDC(Method):
             for _ in range(self._iters_this_epoch()):
                 yield self._next_batch()
 
+    def pretrain_loss(self, xb: torch.Tensor, hp: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Eq. 7 on a batch: the pre-training step's pure part, compiled as one graph by the runtime."""
+        z, x_rec = self.ae(xb)
+        return cdc_loss(hp["weights"], x=xb, z=z, x_rec=x_rec, **hp["kernel"]).logged()
+
+    def finetune_loss(self, xb: torch.Tensor, p: torch.Tensor, hp: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Eq. 13 on a batch against DEC's target ``p``: the fine-tuning step's pure part (one compiled graph)."""
+        w = hp["weights"]
+        z = self.ae.encode(xb)
+        x_rec = self.ae.decode(z) if w["cr_xrec"] or w["cr_x"] else None
+        q = soft_assign(z, self.centers, hp["alpha"])
+        return cdc_loss(
+            w, x=xb, z=z, x_rec=x_rec, q=q, p=p, sharpen_q=hp["sharpen_q"], detach_q=hp["detach_q"],
+            **hp["kernel"],
+        ).logged()  # fmt: skip
+
     def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, xb = self.cfg, self.x[idx]
         kernel = {"alpha": cfg.alpha, "norm": cfg.kernel_norm, "sharpen_z": cfg.corr_sharpen}
         if self._pretraining():
-            z, x_rec = self.ae(xb)
-            out = cdc_loss(cfg.weights(), x=xb, z=z, x_rec=x_rec, **kernel)  # Eq. 7
-            self.descend("pre", out.total)
-            return out.logged()
+            terms = self._pretrain_forward(xb, {"weights": cfg.weights(), "kernel": kernel})
+            self.descend("pre", terms["loss"])
+            return terms
         if self.ft_iter % cfg.update_interval == 0:
             self._update_target()  # Algorithm 1 lines 6-10
-        w = cfg.weights(finetuning=True)
-        z = self.ae.encode(xb)
-        x_rec = self.ae.decode(z) if w["cr_xrec"] or w["cr_x"] else None
-        q = soft_assign(z, self.centers, cfg.alpha)
-        out = cdc_loss(
-            w, x=xb, z=z, x_rec=x_rec, q=q, p=self.p[idx], sharpen_q=cfg.affinity_sharpen,
-            detach_q=cfg.affinity_detach_target, **kernel,
-        )  # Eq. 13  # fmt: skip
-        self.descend("ft", out.total)
+        hp = {
+            "weights": cfg.weights(finetuning=True),
+            "kernel": kernel,
+            "alpha": cfg.alpha,
+            "sharpen_q": cfg.affinity_sharpen,
+            "detach_q": cfg.affinity_detach_target,
+        }
+        terms = self._finetune_forward(xb, self.p[idx], hp)
+        self.descend("ft", terms["loss"])
         self.ft_iter += 1
-        return out.logged()
+        return terms
 
     def on_epoch_end(self) -> None:
         if self.cfg.finetune and self.epoch + 1 == self.n_pretrain:

@@ -73,6 +73,8 @@ class DCCS(Method):
         self.batch_count = 0  # position in the critic/encoder cycle, across epochs
         self.last_critic_loss = float("nan")
         self._encoder_turn = True
+        # the encoder step's pure part as one graph (the critic's step stays eager: its gradient penalty)
+        self._encoder_forward = self.runtime.compile_fn(self.encoder_objective)
 
     # preprocessing -------------------------------------------------------------------------------
     def _norm_stats(self, ch: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -89,19 +91,42 @@ class DCCS(Method):
             x = A.to_grayscale(x, channels=1)
         return A.normalize(x, self.mean, self.std)
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """T(x): appendix B, each transformation a toggle, all draws from ``self.generator``."""
+    def draw_augment(self, n: int) -> dict[str, Any]:
+        """The random parameters of T (appendix B, each transformation a toggle) for ``n`` images, drawn from
+        ``self.generator`` in the order :meth:`apply_augment` applies them."""
         cfg, g = self.cfg, self.generator
+        channels, height, width = self.x.shape[1:]
+        params: dict[str, Any] = {}
         if cfg.crop:
-            x = A.random_resized_crop(x, scale=(cfg.crop_scale_min, 1.0), ratio=(3 / 4, 4 / 3), generator=g)
+            params["crop"] = A.sample_boxes(
+                n, height, width, scale=(cfg.crop_scale_min, 1.0), ratio=(3 / 4, 4 / 3), generator=g
+            )
         if cfg.hflip:
-            x = A.horizontal_flip(x, p=0.5, generator=g)
-        if cfg.channel_shuffle and x.shape[1] == 3:
-            x = A.channel_shuffle(x, generator=g)
+            params["flip"] = A.coin(n, 0.5, g)
+        if cfg.channel_shuffle and channels == 3:
+            params["shuffle"] = A.draw_channel_perm(n, channels, g)
         if cfg.color_jitter:
             j = cfg.jitter
-            x = A.color_jitter(x, brightness=j, contrast=j, saturation=j, hue=cfg.jitter_hue, generator=g)
+            params["jitter"] = A.draw_color_jitter(
+                n, channels=channels, brightness=j, contrast=j, saturation=j, hue=cfg.jitter_hue, generator=g
+            )
+        return params
+
+    def apply_augment(self, x: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """T(x) with drawn parameters (:meth:`draw_augment`); pure, on the device."""
+        if "crop" in params:
+            x = A.crop_resize(x, params["crop"])
+        if "flip" in params:
+            x = A.flip_where(x, params["flip"])
+        if "shuffle" in params:
+            x = A.permute_channels(x, params["shuffle"])
+        if "jitter" in params:
+            x = A.apply_color_jitter(x, params["jitter"])
         return x
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """T(x): one random augmentation of each image (draw, then apply)."""
+        return self.apply_augment(x, self.draw_augment(len(x)))
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(zc logits, z, a) of a prepared batch."""
@@ -110,20 +135,34 @@ class DCCS(Method):
 
     # losses --------------------------------------------------------------------------------------
     def encoder_losses(self, x: torch.Tensor) -> L.LossTerms:
-        """Eq. 12 on a raw batch ``x`` in [0, 1]; only the terms with a weight are computed."""
+        """Eq. 12 on a raw batch ``x`` in [0, 1]; only the terms with a weight are computed. The random draws
+        (T's parameters, then the MI negatives' permutation) come first, then the pure part,
+        :meth:`encoder_objective`, which the runtime compiles as one graph."""
         w = self.cfg.weights()
+        aug = self.draw_augment(len(x)) if w["aug"] else None
+        perm = self.permutation(len(x)) if w["mi"] else None  # negatives: z shuffled within the batch
+        return self._encoder_forward(x, aug, perm, {"weights": w, "detach": self.cfg.aug_detach_target})
+
+    def encoder_objective(
+        self,
+        x: torch.Tensor,
+        aug: dict[str, Any] | None,
+        perm: torch.Tensor | None,
+        hp: dict[str, Any],
+    ) -> L.LossTerms:
+        """Eq. 12 given T's drawn parameters ``aug`` (None: L_Aug off) and the MI permutation ``perm`` (None: off)."""
+        w = hp["weights"]
         inputs: dict[str, torch.Tensor] = {}
-        if w["aug"]:
-            inputs["zc_logits_aug"] = self.encoder(self._prepare(self._augment(x)))[0]
+        if aug is not None:
+            inputs["zc_logits_aug"] = self.encoder(self._prepare(self.apply_augment(x, aug)))[0]
         zc_logits, z, a = self._encode(self._prepare(x))
         inputs["zc_logits"] = zc_logits
-        if w["mi"]:
-            perm = self.permutation(len(z))  # negatives: z shuffled within the batch
+        if perm is not None:
             pos, neg = self.disc(torch.cat([a, a]), torch.cat([z, z[perm]])).chunk(2)
             inputs |= {"pos_logits": pos, "neg_logits": neg}
         if w["adv"]:
             inputs["c_fake"] = self.critic(z)
-        return L.dccs_loss(w, detach_target=self.cfg.aug_detach_target, **inputs)
+        return L.dccs_loss(w, detach_target=hp["detach"], **inputs)
 
     def critic_losses(self, z: torch.Tensor) -> L.LossTerms:
         """Eq. 14 for encoded ``z`` against fresh prior samples and interpolation weights."""

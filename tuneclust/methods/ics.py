@@ -63,6 +63,8 @@ class ICS(Method):
         self.joint_steps = 0
         self.target: torch.Tensor | None = None  # (N, K) DEC target P
         self.bank: torch.Tensor | None = None  # (N, d) codes for negative mining
+        self._pretrain_forward = self.runtime.compile_fn(self.pretrain_loss)
+        self._joint_forward = self.runtime.compile_fn(self.joint_loss)
 
     # helpers ------------------------------------------------------------------------------------------
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,34 +110,55 @@ class ICS(Method):
         if self._joint() and self.cfg.target_update_every == 0:
             self._refresh()
 
-    def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        if not self._joint():  # pre-training: L_r alone, unweighted
-            x = self._norm(self.x[idx])
-            out = ics_loss(
-                {"r": 1.0}, x=x, x_rec=self.net.decode(self.net.encode(x)), reduction=self.cfg.reduction
-            )
-            self.descend("adam", out.total)
-            return out.logged()
-        c, x, every = self.cfg, self.x[idx], self.cfg.target_update_every
-        if every and self.joint_steps % every == 0:
-            self._refresh()
-        w, extra = c.weights(), {}
-        inputs: dict[str, Any] = {"x": self._norm(x), "margin": c.margin, "reduction": c.reduction}
-        if w["t"]:
-            x_pos, x_neg, found = self._triplet_images(x, idx)
-            z, z_pos, z_neg = self.net.encode(self._norm(torch.cat([x, x_pos, x_neg]))).split(len(idx))
+    def pretrain_loss(self, x: torch.Tensor, hp: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Pre-training on a batch: L_r alone, unweighted (the step's pure part, one compiled graph)."""
+        x = self._norm(x)
+        return ics_loss(
+            {"r": 1.0}, x=x, x_rec=self.net.decode(self.net.encode(x)), reduction=hp["reduction"]
+        ).logged()
+
+    def joint_loss(
+        self,
+        x: torch.Tensor,
+        triplet: tuple[torch.Tensor, torch.Tensor] | None,
+        p: torch.Tensor | None,
+        hp: dict[str, Any],
+    ) -> dict[str, torch.Tensor]:
+        """The joint objective on a batch given the mined (positive, negative) images and DEC's target ``p``:
+        the step's pure part (one compiled graph; the mining draws from the generator and stays outside)."""
+        w = hp["weights"]
+        inputs: dict[str, Any] = {"x": self._norm(x), "margin": hp["margin"], "reduction": hp["reduction"]}
+        if triplet is not None:
+            z, z_pos, z_neg = self.net.encode(self._norm(torch.cat([x, *triplet]))).split(len(x))
             inputs |= {"z": z, "z_pos": z_pos, "z_neg": z_neg}
-            extra["neg_found_rate"] = found.float().mean()
         else:
             z = self.net.encode(inputs["x"])
         if w["r"]:
             inputs["x_rec"] = self.net.decode(z)
-        if w["c"] or w["b"]:
-            inputs |= {"q": soft_assign(z, self.centers), "p": self.target[idx]}
-        out = ics_loss(w, **inputs)
-        self.descend("adam", out.total)
+        if p is not None:
+            inputs |= {"q": soft_assign(z, self.centers), "p": p}
+        return ics_loss(w, **inputs).logged()
+
+    def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        c, x = self.cfg, self.x[idx]
+        if not self._joint():
+            terms = self._pretrain_forward(x, {"reduction": c.reduction})
+            self.descend("adam", terms["loss"])
+            return terms
+        every = c.target_update_every
+        if every and self.joint_steps % every == 0:
+            self._refresh()
+        w, extra, triplet = c.weights(), {}, None
+        if w["t"]:
+            x_pos, x_neg, found = self._triplet_images(x, idx)
+            triplet = (x_pos, x_neg)
+            extra["neg_found_rate"] = found.float().mean()
+        p = self.target[idx] if w["c"] or w["b"] else None
+        hp = {"weights": w, "margin": c.margin, "reduction": c.reduction}
+        terms = self._joint_forward(x, triplet, p, hp)
+        self.descend("adam", terms["loss"])
         self.joint_steps += 1
-        return {**out.logged(), **extra}
+        return {**terms, **extra}
 
     @torch.no_grad()
     def _triplet_images(

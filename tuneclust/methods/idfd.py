@@ -54,33 +54,72 @@ class IDFD(Method):
         )
         self._mean = torch.tensor(data.mean, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(data.std, device=self.device).view(1, -1, 1, 1)
+        self._forward = self.runtime.compile_fn(self.forward_loss)
 
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """The public code's pipeline (crop, colour jitter, grayscale) plus flip, each a toggle; on the device."""
+    def draw_augment(self, n: int) -> dict[str, Any]:
+        """The random parameters of :meth:`apply_augment` for ``n`` images (the public code's pipeline: crop,
+        colour jitter, grayscale, plus flip, each a toggle), drawn from the trial's generator in that order."""
         c, g = self.cfg, self.generator
+        channels, height, width = self.x.shape[1:]
+        params: dict[str, Any] = {}
         if c.aug_crop:
-            x = A.random_resized_crop(x, scale=(c.aug_crop_scale, 1.0), ratio=(3 / 4, 4 / 3), generator=g)
+            params["crop"] = A.sample_boxes(
+                n, height, width, scale=(c.aug_crop_scale, 1.0), ratio=(3 / 4, 4 / 3), generator=g
+            )
         if c.aug_color:
             s = c.aug_color_strength
-            x = A.color_jitter(x, brightness=s, contrast=s, saturation=s, generator=g)
+            params["color"] = A.draw_color_jitter(
+                n, channels=channels, brightness=s, contrast=s, saturation=s, generator=g
+            )
         if c.aug_gray:
-            x = A.random_grayscale(x, p=c.aug_gray_p, generator=g)
+            params["gray"] = A.coin(n, c.aug_gray_p, g)
         if c.aug_flip:
-            x = A.horizontal_flip(x, p=0.5, generator=g)
+            params["flip"] = A.coin(n, 0.5, g)
+        return params
+
+    def apply_augment(self, x: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """Augment images in [0, 1] with drawn parameters (:meth:`draw_augment`); pure, on the device."""
+        if "crop" in params:
+            x = A.crop_resize(x, params["crop"])
+        if "color" in params:
+            x = A.apply_color_jitter(x, params["color"])
+        if "gray" in params:
+            x = A.grayscale_where(x, params["gray"])
+        if "flip" in params:
+            x = A.flip_where(x, params["flip"])
         return x
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """One random augmentation of each image (draw, then apply)."""
+        return self.apply_augment(x, self.draw_augment(len(x)))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised features of images in [0, 1] (normalised with the dataset's mean/std first)."""
         return F.normalize(self.net((x - self._mean) / self._std).float(), dim=1)
 
+    def forward_loss(
+        self,
+        x: torch.Tensor,
+        params: dict[str, Any],
+        bank: torch.Tensor,
+        idx: torch.Tensor,
+        hp: dict[str, Any],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Augment (drawn ``params``), embed, IDFD loss against ``bank``: the step's pure part, which the runtime
+        compiles as one graph (:meth:`tuneclust.runtime.Runtime.compile_fn`). Returns the features and the terms."""
+        f = self.embed(self.apply_augment(x, params))
+        out = idfd_loss(f, bank, idx, tau=hp["tau"], tau2=hp["tau2"], weights=hp["weights"])
+        return f, out.logged()
+
     def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Augment, embed, IDFD loss against the pre-update bank, SGD step, bank update."""
+        """Draw the augmentation, the compiled forward and loss against the pre-update bank, SGD step, bank
+        update."""
         c = self.cfg
-        f = self.embed(self.augment(self.x[idx]))
-        out = idfd_loss(f, self.bank, idx, tau=c.tau, tau2=c.tau2, weights=c.weights())
-        self.descend("sgd", out.total)
+        hp = {"tau": c.tau, "tau2": c.tau2, "weights": c.weights()}
+        f, terms = self._forward(self.x[idx], self.draw_augment(idx.numel()), self.bank, idx, hp)
+        self.descend("sgd", terms["loss"])
         update_bank(self.bank, f.detach(), idx, momentum=c.bank_momentum)
-        return out.logged()
+        return terms
 
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
