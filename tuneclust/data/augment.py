@@ -10,7 +10,7 @@ the random draws stay outside it (``torch.compile`` does not trace an explicit `
 therefore also offered as a draw (generator -> per-sample parameters) and a pure apply (images, parameters ->
 images): :func:`sample_boxes` / :func:`crop_resize`, :func:`draw_color_jitter` / :func:`apply_color_jitter`,
 :func:`coin` / :func:`flip_where` and :func:`grayscale_where`, :func:`draw_channel_perm` /
-:func:`permute_channels`. Each op is its apply of its draw, drawing in the
+:func:`permute_channels`; :func:`apply_drawn` applies a dict of them in the order drawn. Each op is its apply of its draw, drawing in the
 same order, so the two ways give the same images from the same generator state.
 
 The pipelines they serve (methods.md): IDFD (Wu et al. 2018 / Tao et al. 2021: RandomResizedCrop(0.2-1),
@@ -27,7 +27,8 @@ Deliberate differences from torchvision, for batching:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -393,6 +394,25 @@ def channel_shuffle(x: Tensor, *, generator: torch.Generator) -> Tensor:
     """An independent random permutation of the channels of each sample (DCCS: before graying)."""
     _check(x)
     return permute_channels(x, draw_channel_perm(x.shape[0], x.shape[1], generator, x.device))
+
+
+APPLY: dict[str, Callable[[Tensor, Any], Tensor]] = {
+    "crop": crop_resize,
+    "flip": flip_where,
+    "gray": grayscale_where,
+    "shuffle": permute_channels,
+    "jitter": apply_color_jitter,
+}
+"""A drawn parameter's name -> the pure op that applies it (``crop``: :func:`sample_boxes`' boxes, ``flip`` and
+``gray``: :func:`coin` masks, ``shuffle``: :func:`draw_channel_perm`, ``jitter``: :func:`draw_color_jitter`)."""
+
+
+def apply_drawn(x: Tensor, params: dict[str, Any]) -> Tensor:
+    """Apply drawn parameters to ``x`` in the order they were drawn (the dict's order), each key naming its op in
+    :data:`APPLY`. Pure: a method's compiled step calls it with the parameters drawn just before."""
+    for name, value in params.items():
+        x = APPLY[name](x, value)
+    return x
 
 
 def normalize(x: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:

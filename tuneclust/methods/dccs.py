@@ -93,7 +93,7 @@ class DCCS(Method):
 
     def draw_augment(self, n: int) -> dict[str, Any]:
         """The random parameters of T (appendix B, each transformation a toggle) for ``n`` images, drawn from
-        ``self.generator`` in the order :meth:`apply_augment` applies them."""
+        ``self.generator`` in the order they are applied (:func:`tuneclust.data.augment.apply_drawn`)."""
         cfg, g = self.cfg, self.generator
         channels, height, width = self.x.shape[1:]
         params: dict[str, Any] = {}
@@ -112,21 +112,9 @@ class DCCS(Method):
             )
         return params
 
-    def apply_augment(self, x: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
-        """T(x) with drawn parameters (:meth:`draw_augment`); pure, on the device."""
-        if "crop" in params:
-            x = A.crop_resize(x, params["crop"])
-        if "flip" in params:
-            x = A.flip_where(x, params["flip"])
-        if "shuffle" in params:
-            x = A.permute_channels(x, params["shuffle"])
-        if "jitter" in params:
-            x = A.apply_color_jitter(x, params["jitter"])
-        return x
-
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """T(x): one random augmentation of each image (draw, then apply)."""
-        return self.apply_augment(x, self.draw_augment(len(x)))
+        return A.apply_drawn(x, self.draw_augment(len(x)))
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(zc logits, z, a) of a prepared batch."""
@@ -154,7 +142,7 @@ class DCCS(Method):
         w = hp["weights"]
         inputs: dict[str, torch.Tensor] = {}
         if aug is not None:
-            inputs["zc_logits_aug"] = self.encoder(self._prepare(self.apply_augment(x, aug)))[0]
+            inputs["zc_logits_aug"] = self.encoder(self._prepare(A.apply_drawn(x, aug)))[0]
         zc_logits, z, a = self._encode(self._prepare(x))
         inputs["zc_logits"] = zc_logits
         if perm is not None:

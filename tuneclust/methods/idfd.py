@@ -57,8 +57,9 @@ class IDFD(Method):
         self._forward = self.runtime.compile_fn(self.forward_loss)
 
     def draw_augment(self, n: int) -> dict[str, Any]:
-        """The random parameters of :meth:`apply_augment` for ``n`` images (the public code's pipeline: crop,
-        colour jitter, grayscale, plus flip, each a toggle), drawn from the trial's generator in that order."""
+        """The random parameters of the augmentation of ``n`` images (the public code's pipeline: crop, colour
+        jitter, grayscale, plus flip, each a toggle), drawn from the trial's generator in that order; applied by
+        :func:`tuneclust.data.augment.apply_drawn`."""
         c, g = self.cfg, self.generator
         channels, height, width = self.x.shape[1:]
         params: dict[str, Any] = {}
@@ -68,7 +69,7 @@ class IDFD(Method):
             )
         if c.aug_color:
             s = c.aug_color_strength
-            params["color"] = A.draw_color_jitter(
+            params["jitter"] = A.draw_color_jitter(
                 n, channels=channels, brightness=s, contrast=s, saturation=s, generator=g
             )
         if c.aug_gray:
@@ -77,21 +78,9 @@ class IDFD(Method):
             params["flip"] = A.coin(n, 0.5, g)
         return params
 
-    def apply_augment(self, x: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
-        """Augment images in [0, 1] with drawn parameters (:meth:`draw_augment`); pure, on the device."""
-        if "crop" in params:
-            x = A.crop_resize(x, params["crop"])
-        if "color" in params:
-            x = A.apply_color_jitter(x, params["color"])
-        if "gray" in params:
-            x = A.grayscale_where(x, params["gray"])
-        if "flip" in params:
-            x = A.flip_where(x, params["flip"])
-        return x
-
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """One random augmentation of each image (draw, then apply)."""
-        return self.apply_augment(x, self.draw_augment(len(x)))
+        return A.apply_drawn(x, self.draw_augment(len(x)))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised features of images in [0, 1] (normalised with the dataset's mean/std first)."""
@@ -107,7 +96,7 @@ class IDFD(Method):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Augment (drawn ``params``), embed, IDFD loss against ``bank``: the step's pure part, which the runtime
         compiles as one graph (:meth:`tuneclust.runtime.Runtime.compile_fn`). Returns the features and the terms."""
-        f = self.embed(self.apply_augment(x, params))
+        f = self.embed(A.apply_drawn(x, params))
         out = idfd_loss(f, bank, idx, tau=hp["tau"], tau2=hp["tau2"], weights=hp["weights"])
         return f, out.logged()
 
