@@ -239,7 +239,7 @@ def test_losses_module_needs_torch_only():
                 imported |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "typing", "collections", "torch", "tuneclust"}, imported
+    assert imported <= {"__future__", "typing", "collections", "functools", "torch", "tuneclust"}, imported
 
 
 # ---------------------------------------------------------------------------------------------- method

@@ -409,3 +409,54 @@ def test_mps_line_names_the_status_and_the_fix(monkeypatch: pytest.MonkeyPatch, 
     assert runtime.mps_line("detect", 0.25) == "CUDA MPS: unavailable"
     with pytest.raises(RuntimeError, match="not installed"):
         runtime.mps_line("start", 0.25)
+
+
+def _bf16_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    """bf16-representable tensors (rounded once), so fp32 and bf16 calls see the same values."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, fn=torch.randn) -> torch.Tensor:
+        return fn(*shape, generator=g).bfloat16()
+
+    q = torch.softmax(r(32, 4).float(), 1).bfloat16()
+    return {
+        "x": r(32, 64, fn=torch.rand), "x_rec": r(32, 64, fn=torch.rand), "z": r(32, 10), "z2": r(32, 10),
+        "z3": r(32, 10), "f": torch.nn.functional.normalize(r(32, 16).float(), dim=1).bfloat16(),
+        "bank": torch.nn.functional.normalize(r(100, 16).float(), dim=1).bfloat16(), "q": q,
+        "p": torch.softmax(r(32, 4).float() * 3, 1).bfloat16(), "logits": r(32, 4), "logits2": r(32, 4),
+        "c": r(32, 1), "c2": r(32, 1),
+    }  # fmt: skip
+
+
+def _every_loss(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each method's combined loss on ``t``; name -> its terms and total."""
+    from tuneclust.losses.cdc import cdc_loss
+    from tuneclust.losses.dccs import dccs_critic_loss, dccs_loss
+    from tuneclust.losses.ics import ics_loss
+    from tuneclust.losses.idfd import idfd_loss
+
+    out = {
+        "idfd": idfd_loss(t["f"], t["bank"], torch.arange(32), tau=0.07, tau2=2.0,
+                          weights={"instance": 1.0, "decorrelation": 1.0, "orthogonal": 0.0}),
+        "cdc": cdc_loss({"r": 1.0, "cr_x": 0.5, "cr_xrec": 0.5, "c": 1.0, "a": 0.3}, x=t["x"], z=t["z"],
+                        x_rec=t["x_rec"], q=t["q"], p=t["p"], sharpen_z=True),
+        "ics": ics_loss({"r": 1.0, "c": 0.8, "b": 0.01, "t": 0.1}, x=t["x"], x_rec=t["x_rec"], q=t["q"], p=t["p"],
+                        z=t["z"], z_pos=t["z2"], z_neg=t["z3"], margin=0.24, reduction="sum"),
+        "dccs": dccs_loss({"mi": 0.5, "aug": 2.0, "adv": 1.0}, pos_logits=t["c"], neg_logits=t["c2"],
+                          zc_logits=t["logits"], zc_logits_aug=t["logits2"], c_fake=t["c"]),
+        "dccs_critic": dccs_critic_loss(t["c"], t["c2"], t["c"][0, 0].abs(), lambda_gp=10.0, weight=1.0),
+    }  # fmt: skip
+    return {k: torch.stack([v.total, *v.terms.values()]) for k, v in out.items()}
+
+
+def test_losses_run_in_fp32_under_autocast() -> None:
+    """Under bf16 autocast every method's loss takes its inputs to fp32 and computes with autocast off: the same
+    values as an fp32 call on the same (bf16-rounded) inputs, to the bit, and fp32 results (the runtime's rule:
+    low-precision networks, fp32 losses: pairwise distances and logits lose digits in bf16)."""
+    t = _bf16_inputs()
+    ref = _every_loss({k: v.float() for k, v in t.items()})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _every_loss(t)
+    for name in ref:
+        assert got[name].dtype == torch.float32, name
+        assert torch.equal(got[name], ref[name]), (name, got[name], ref[name])

@@ -22,7 +22,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from tuneclust.losses.dec import kl_divergence
-from tuneclust.losses.terms import LossTerms, combine, reconstruction_loss
+from tuneclust.losses.terms import LossTerms, combine, fp32, reconstruction_loss
 
 KernelNorm = Literal["row", "global"]
 EPS = 1e-10
@@ -153,6 +153,7 @@ def affinity_loss(
     return kernel_kl(cq, pairwise_kernel(z, alpha, norm), norm)
 
 
+@fp32
 def cdc_loss(
     weights: dict[str, float],
     *,

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from tuneclust.losses.terms import LossTerms, combine
+from tuneclust.losses.terms import LossTerms, combine, fp32
 
 GP_EPS = 1e-12
 """Added under the square root of the gradient norm (public code): keeps its gradient finite at zero."""
@@ -153,6 +153,7 @@ def encoder_adv_loss(c_fake: torch.Tensor) -> torch.Tensor:
     return -c_fake.mean()
 
 
+@fp32
 def dccs_loss(
     weights: dict[str, float],
     *,
@@ -182,6 +183,7 @@ def dccs_loss(
     )
 
 
+@fp32
 def dccs_critic_loss(
     c_fake: torch.Tensor, c_prior: torch.Tensor, gp: torch.Tensor, *, lambda_gp: float, weight: float
 ) -> LossTerms:

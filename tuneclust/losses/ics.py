@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from tuneclust.losses.terms import LossTerms, Reduction, combine, reconstruction_loss
+from tuneclust.losses.terms import LossTerms, Reduction, combine, fp32, reconstruction_loss
 
 
 class BalanceTerms(NamedTuple):
@@ -160,6 +160,7 @@ def select_negatives(
     return NegativeSelection(cand.gather(1, pick[:, None]).squeeze(1), found)
 
 
+@fp32
 def ics_loss(
     weights: dict[str, float],
     *,

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from tuneclust.losses.terms import LossTerms, combine
+from tuneclust.losses.terms import LossTerms, combine, fp32
 
 Variant = Literal["id", "idfo", "idfd"]
 
@@ -103,6 +103,7 @@ def update_bank(bank: torch.Tensor, f: torch.Tensor, idx: torch.Tensor, momentum
     bank.index_copy_(0, idx, F.normalize(rows, dim=1))
 
 
+@fp32
 def idfd_loss(
     f: torch.Tensor,
     bank: torch.Tensor,

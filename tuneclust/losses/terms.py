@@ -2,16 +2,41 @@
 
 Each ``losses/<m>.py`` exposes its term functions and one ``<m>_loss(..., weights) -> LossTerms``. A term is off
 if and only if its weight is 0: it is then neither computed (its thunk is never called) nor logged. Torch only.
+
+Precision: every ``<m>_loss`` is wrapped in :func:`fp32`, so under a bf16/fp16 runtime the networks run in low
+precision but the losses (pairwise distances, kernels, logits against a memory bank, KLs and their reductions)
+are computed in fp32 from the networks' outputs.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_map
 
 Reduction = Literal["mean", "sum"]
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def fp32(fn: Fn) -> Fn:
+    """Run the loss ``fn`` in fp32 whatever the ambient autocast: its fp16/bf16 tensor arguments are cast to fp32
+    (fp64 stays) and autocast is off inside (the runtime's rule: low-precision forward passes, fp32 losses). Without autocast
+    and with fp32 inputs it is ``fn`` itself, bit for bit."""
+
+    def up(v: Any) -> Any:
+        return v.float() if isinstance(v, torch.Tensor) and v.dtype in (torch.float16, torch.bfloat16) else v
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        tensors = [v for v in tree_flatten((args, kwargs))[0] if isinstance(v, torch.Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*tree_map(up, args), **tree_map(up, kwargs))
+
+    return wrapper  # type: ignore[return-value]
 
 
 class LossTerms(NamedTuple):
