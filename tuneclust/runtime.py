@@ -173,9 +173,13 @@ class Runtime:
         """
         if self.compile_mode != "none":
             for name in entry_points:
-                fn = self.compile(getattr(net, name))
-                setattr(net, name, _cloning(fn) if self.compile_mode == "cudagraphs" else fn)
+                setattr(net, name, self._compiled(getattr(net, name)))
         return net
+
+    def _compiled(self, fn: T) -> T:
+        """``fn`` compiled, with its outputs cloned out of graph memory under CUDA graphs."""
+        compiled = self.compile(fn)
+        return _cloning(compiled) if self.compile_mode == "cudagraphs" else compiled  # type: ignore[return-value]
 
     def compile_fn(self, fn: T) -> T:
         """Compile a pure tensor function of the train step (e.g. augmentation applied with drawn parameters,
@@ -184,8 +188,7 @@ class Runtime:
         :meth:`compile_net`)."""
         if self.compile_mode == "none" or not self.compile_step:
             return fn
-        compiled = self.compile(fn)
-        return _cloning(compiled) if self.compile_mode == "cudagraphs" else compiled  # type: ignore[return-value]
+        return self._compiled(fn)
 
     def step_begin(self) -> None:
         """Mark a new training iteration for CUDA graph trees (their documented call in a training loop)."""

@@ -180,10 +180,9 @@ def cdc_loss(
         alpha, norm, sharpen_z: the correlation kernels (see :func:`correlation_loss`).
         sharpen_q, detach_q: the affinity loss (see :func:`affinity_loss`).
     """
-    memo: dict[
-        str, Any
-    ] = {}  # L_cr(Z, X) and L_cr(Z, X') share their kernels: computed once (a plain dict, which
-    # torch.compile traces, where functools.cache would break the graph)
+    # L_cr(Z, X) and L_cr(Z, X') share their kernels, computed once; a plain dict, which torch.compile traces
+    # (functools.cache would break the graph)
+    memo: dict[str, Any] = {}
 
     def reg() -> Any:
         if "reg" not in memo:
