@@ -12,10 +12,14 @@ loop (:class:`tuneclust.trainable.TrialLoop`), and scored at its final evaluatio
 Per arm the table gives mean ± std of ACC and NMI over seeds; per claim the mean paired-seed gap with a Student-t
 95% confidence interval and a verdict: ``holds`` (CI above 0), ``not shown`` (CI spans 0), ``reversed`` (CI below 0).
 
-``--vs-eager`` checks a fast runtime's quality instead: every selected arm and seed is trained twice, with the
-``--runtime``/``--device`` given and in fp32 eager on the same device, and a third table gives per arm the paired
-gap fast - eager with its CI and the verdict ``within spread`` when the mean gap is no larger than the eager
-arm's seed-to-seed standard deviation (else ``below``/``above``).
+``--vs-eager`` checks a fast runtime's quality instead: every selected arm and seed is trained three times, with
+the ``--runtime``/``--device`` given (``fast``), in fp32 eager on the same device (``eager``), and in fp32 eager on
+inputs nudged by one fp32 ulp (``nudged``: every nonzero input value replaced by the next float above it). A third
+table gives per arm the paired gap fast - eager with its CI, the eager arm's seed-to-seed standard deviation, and
+the root-mean-square of the paired nudged - eager differences: how far fp32 rounding alone moves one seed's result
+(a method whose outcome hangs on the last bit of its inputs cannot be reproduced closer than that by any other
+arithmetic). Verdict: ``within spread`` when the mean gap is no larger than the seed std, ``within rounding``
+when it is larger than that but no larger than the rounding RMS, else ``below``/``above``.
 
 Usage (``--help`` lists every option)::
 
@@ -34,11 +38,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import dataclasses
 import math
 import multiprocessing as mp
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -185,13 +191,23 @@ def verdict(low: float, high: float) -> str:
     return "not shown"
 
 
-def spread_verdict(gap_mean: float, eager_std: float) -> str:
-    """``within spread`` when ``|gap_mean|`` is at most the eager arm's seed std, else ``below``/``above``."""
+def spread_verdict(gap_mean: float, eager_std: float, rounding: float = math.nan) -> str:
+    """``within spread`` when ``|gap_mean|`` is at most the eager arm's seed std; else ``within rounding`` when it
+    is at most ``rounding`` (the RMS of one seed's nudged - eager change); else ``below``/``above``."""
     if not math.isfinite(gap_mean) or not math.isfinite(eager_std):
         return "n/a"
     if abs(gap_mean) <= eager_std:
         return "within spread"
+    if math.isfinite(rounding) and abs(gap_mean) <= rounding:
+        return "within rounding"
     return "below" if gap_mean < 0 else "above"
+
+
+def rms(values: Sequence[float]) -> float:
+    """Root-mean-square of the finite values (NaN when there are none)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(np.sqrt(np.mean(v**2))) if len(v) else math.nan
 
 
 def paired_gap(better: Sequence[float], worse: Sequence[float], level: float = 0.95) -> Gap:
@@ -227,7 +243,9 @@ class Job:
     device: str = "cpu"
     runtime: dict[str, Any] = field(default_factory=dict)
     variant: str = ""
-    """``fast`` or ``eager`` under ``--vs-eager``; empty otherwise."""
+    """``fast``, ``eager`` or ``nudged`` under ``--vs-eager``; empty otherwise."""
+    nudge: bool = False
+    """Train on the inputs nudged one fp32 ulp up (every nonzero value): the ``nudged`` variant."""
 
 
 @dataclass
@@ -257,7 +275,8 @@ def run_job(job: Job) -> Outcome:
     plan.runtime = job.runtime
     last: dict[str, float] = {}
     try:
-        for result in TrialLoop(plan, torch.device(job.device)).run():
+        dataset = nudged_dataset(job.data) if job.nudge else None
+        for result in TrialLoop(plan, torch.device(job.device), dataset=dataset).run():
             last = result
     except Exception as e:  # a diverged trial is a result (NaN), not a crash of the benchmark
         return Outcome(job, math.nan, math.nan, time.perf_counter() - t0, f"{type(e).__name__}: {e}"[:200])
@@ -265,10 +284,33 @@ def run_job(job: Job) -> Outcome:
     return Outcome(job, float(last["acc"]), float(last["nmi"]), time.perf_counter() - t0, runtime_tags=tags)
 
 
-def _worker_init() -> None:
+def nudged_dataset(data: dict[str, Any]) -> Any:
+    """The dataset of ``data`` (a data: section) with every nonzero input one fp32 ulp larger in magnitude."""
+    import torch
+
+    from tuneclust.data.registry import DataConfig, load_dataset
+
+    ds = load_dataset(DataConfig.model_validate(data))
+    x = ds.x.float()
+    away = torch.where(x > 0, math.inf, -math.inf).to(x)
+    return dataclasses.replace(ds, x=torch.where(x != 0, torch.nextafter(x, away), x))
+
+
+def _worker_init(parent: int) -> None:
+    """Each pool worker: one torch thread, and it exits when the benchmark process is gone (killed with any
+    signal: a worker left behind would go on training and skew whatever runs next on the machine)."""
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="fidelity-parent-watch").start()
 
 
 def run_jobs(jobs: list[Job], workers: int, log: Callable[[str], None]) -> list[Outcome]:
@@ -281,10 +323,17 @@ def run_jobs(jobs: list[Job], workers: int, log: Callable[[str], None]) -> list[
         return outs
     ctx = mp.get_context("spawn")
     outs: list[Outcome] = []
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+    pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+    try:
         for fut in cf.as_completed([pool.submit(run_job, j) for j in jobs]):
             outs.append(fut.result())
             log(_line(outs[-1]))
+    except BaseException:  # Ctrl-C or SIGTERM (see main): end the running trials too, not only the queue
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return outs
 
 
@@ -372,9 +421,20 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
                 continue
             for seed in range(args.seeds):
                 if args.vs_eager:
-                    for variant, rt in (("fast", runtime), ("eager", EAGER)):
+                    for variant, rt in (("fast", runtime), ("eager", EAGER), ("nudged", EAGER)):
                         jobs.append(
-                            Job(name, arm, seed, {**cfg, **over}, data, epochs, args.device, rt, variant)
+                            Job(
+                                name,
+                                arm,
+                                seed,
+                                {**cfg, **over},
+                                data,
+                                epochs,
+                                args.device,
+                                rt,
+                                variant,
+                                nudge=variant == "nudged",
+                            )  # fmt: skip
                         )
                 else:
                     jobs.append(Job(name, arm, seed, {**cfg, **over}, data, epochs, args.device, runtime))
@@ -392,7 +452,8 @@ def _fmt(values: Sequence[float]) -> str:
 
 def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
     """Markdown: per arm mean ± std of ACC/NMI; per claim the paired gaps, CIs and verdicts; under
-    ``--vs-eager`` (jobs with a variant) each arm and claim per variant, and the fast - eager table."""
+    ``--vs-eager`` (jobs with a variant) each arm and claim per variant, and the fast - eager table (with the
+    nudged - eager rounding RMS where the nudged variant ran)."""
     by: dict[tuple[str, str, str], dict[int, Outcome]] = {}
     for o in outcomes:
         by.setdefault((o.job.method, o.job.arm, o.job.variant), {})[o.job.seed] = o
@@ -406,8 +467,8 @@ def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     vs_rows = [
-        "| method | arm | metric | pairs | fast - eager | 95% CI | eager seed std | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | arm | metric | pairs | fast - eager | 95% CI | eager seed std | nudged - eager RMS | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, variant in ((n, v) for n in methods for v in variants):
         st = STUDIES[name]
@@ -424,6 +485,7 @@ def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
                 f"| {name} | {arm}{tag} | {len(runs)} | {_fmt(accs)} | {_fmt(nmis)} | {failed} | {secs:.0f} |"
             )
             eager = by.get((name, arm, "eager"), {})
+            nudged = by.get((name, arm, "nudged"), {})
             if variant == "fast" and eager:
                 seeds = sorted(set(runs) & set(eager))
                 for metric in METRICS:
@@ -432,9 +494,13 @@ def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
                     g = paired_gap(f_, e_)
                     e_ = e_[np.isfinite(e_)]
                     std = float(e_.std(ddof=1)) if len(e_) > 1 else math.nan
+                    rnd = rms(
+                        [getattr(nudged[s], metric) - getattr(eager[s], metric) for s in eager if s in nudged]
+                    )
+                    rnd_cell = f"{rnd:.3f}" if math.isfinite(rnd) else "n/a"
                     vs_rows.append(
                         f"| {name} | {arm} | {metric.upper()} | {g.n} | {g.mean:+.3f} | [{g.low:+.3f}, {g.high:+.3f}] "
-                        f"| {std:.3f} | {spread_verdict(g.mean, std)} |"
+                        f"| {std:.3f} | {rnd_cell} | {spread_verdict(g.mean, std, rnd)} |"
                     )
         for claim in st.claims:
             b, w = by.get((name, claim.better, variant), {}), by.get((name, claim.worse, variant), {})
@@ -534,7 +600,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--vs-eager",
         action="store_true",
-        help="train every arm also in fp32 eager and report fast - eager per arm (the fast path's quality)",
+        help="train every arm also in fp32 eager, and in fp32 eager on inputs nudged one ulp (how far rounding"
+        " alone moves a result), and report fast - eager per arm (the fast path's quality)",
     )
     p.add_argument("--quick", action="store_true", help="CI: 2 seeds, tiny budget, 400 samples")
     p.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS.md")
@@ -558,6 +625,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     jobs = build_jobs(args)
+    signal.signal(
+        signal.SIGTERM, lambda *_: sys.exit(143)
+    )  # kill/pkill: end the pool's trials too (run_jobs)
     print(
         f"fidelity: {len(jobs)} trials ({', '.join(args.methods)}), {args.seeds} seeds, {args.workers} workers",
         flush=True,

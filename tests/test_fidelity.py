@@ -142,21 +142,44 @@ def test_quick_run_prints_every_arm_and_claim(fidelity, capsys):
     assert {c[3] for c in claims} <= {"holds", "not shown", "reversed"}
 
 
-def test_vs_eager_pairs_every_job_with_an_fp32_eager_twin(fidelity):
+def test_vs_eager_pairs_every_job_with_an_fp32_eager_and_a_nudged_twin(fidelity):
     args = fidelity.parse_args(
         ["--methods", "idfd", "--arms", "IDFD", "--seeds", "2", "--vs-eager", "--runtime", "precision=bf16"]
     )
     jobs = fidelity.build_jobs(args)
-    assert sorted((j.seed, j.variant) for j in jobs) == [(0, "eager"), (0, "fast"), (1, "eager"), (1, "fast")]
-    assert {j.variant: j.runtime for j in jobs} == {"fast": {"precision": "bf16"}, "eager": fidelity.EAGER}
-    fast, eager = (next(j for j in jobs if j.variant == v) for v in ("fast", "eager"))
-    assert fast.config == eager.config and fast.data == eager.data and fast.epochs == eager.epochs
+    assert sorted((j.seed, j.variant) for j in jobs) == [
+        (s, v) for s in (0, 1) for v in ("eager", "fast", "nudged")
+    ]
+    assert {j.variant: j.runtime for j in jobs} == {
+        "fast": {"precision": "bf16"},
+        "eager": fidelity.EAGER,
+        "nudged": fidelity.EAGER,
+    }
+    assert {j.variant: j.nudge for j in jobs} == {"fast": False, "eager": False, "nudged": True}
+    fast, eager, nudged = (next(j for j in jobs if j.variant == v) for v in ("fast", "eager", "nudged"))
+    assert fast.config == eager.config == nudged.config and fast.data == eager.data == nudged.data
+    assert fast.epochs == eager.epochs == nudged.epochs
     with pytest.raises(SystemExit):  # on the CPU the default runtime is already fp32 eager
         fidelity.parse_args(["--vs-eager"])
 
 
+def test_nudged_inputs_move_every_nonzero_value_by_one_ulp(fidelity):
+    from tuneclust.data.registry import DataConfig, load_dataset
+
+    data = {"name": "digits", "subsample": 300}
+    x = load_dataset(DataConfig.model_validate(data)).x
+    nudged = fidelity.nudged_dataset(data).x
+    nonzero = x != 0
+    assert nonzero.any() and (~nonzero).any()
+    assert torch.equal(nudged[~nonzero], x[~nonzero])  # zeros stay exactly zero
+    assert (nudged[nonzero].abs() > x[nonzero].abs()).all()  # every other value moves away from zero ...
+    ulp = torch.nextafter(x[nonzero], torch.tensor(math.inf)) - x[nonzero]
+    assert torch.equal(nudged[nonzero] - x[nonzero], ulp)  # ... by exactly one fp32 ulp
+
+
 def test_vs_eager_table_on_fixed_numbers(fidelity):
-    """fast - eager per arm: paired mean, t CI, and 'within spread' iff |mean| <= the eager arm's seed std."""
+    """fast - eager per arm: paired mean, t CI, the rounding RMS of nudged - eager, and 'within spread' iff
+    |mean| <= the eager arm's seed std, 'within rounding' iff (else) |mean| <= the rounding RMS."""
 
     def out(arm, seed, variant, acc, nmi):
         job = fidelity.Job("idfd", arm, seed, {}, {}, 1, variant=variant)
@@ -170,10 +193,83 @@ def test_vs_eager_table_on_fixed_numbers(fidelity):
     text = fidelity.tables(outs, ["idfd"])
     assert "| idfd | IDFD [fast] | 3 | 0.650 ± 0.100 |" in text
     assert "| idfd | IDFD [eager] | 3 | 0.700 ± 0.100 |" in text
-    assert "| idfd | IDFD | ACC | 3 | -0.050 | [-0.050, -0.050] | 0.100 | within spread |" in text
-    assert "| idfd | IDFD | NMI | 3 | +0.030 | [+0.030, +0.030] | 0.020 | above |" in text
+    assert "| idfd | IDFD | ACC | 3 | -0.050 | [-0.050, -0.050] | 0.100 | n/a | within spread |" in text
+    assert "| idfd | IDFD | NMI | 3 | +0.030 | [+0.030, +0.030] | 0.020 | n/a | above |" in text
+    # nudged NMI moves by 0, +.04, -.04: RMS sqrt(2 * .0016 / 3) = .0327 >= the .03 gap: within rounding
+    nudged_nmi = [0.50, 0.56, 0.50]
+    outs += [out("IDFD", s, "nudged", eager_acc[s], nudged_nmi[s]) for s in range(3)]
+    text = fidelity.tables(outs, ["idfd"])
+    assert "| idfd | IDFD [nudged] | 3 | 0.700 ± 0.100 |" in text
+    assert "| idfd | IDFD | ACC | 3 | -0.050 | [-0.050, -0.050] | 0.100 | 0.000 | within spread |" in text
+    assert "| idfd | IDFD | NMI | 3 | +0.030 | [+0.030, +0.030] | 0.020 | 0.033 | within rounding |" in text
     assert fidelity.spread_verdict(-0.03, 0.02) == "below" and fidelity.spread_verdict(0.0, math.nan) == "n/a"
+    assert fidelity.spread_verdict(-0.03, 0.02, 0.029) == "below"
+    assert fidelity.spread_verdict(-0.03, 0.02, 0.03) == "within rounding"
     plain = fidelity.tables(
         [dataclasses.replace(o, job=dataclasses.replace(o.job, variant="")) for o in outs[:3]], ["idfd"]
     )
     assert "fast - eager" not in plain  # no third table without --vs-eager
+
+
+def test_killing_the_benchmark_ends_its_pool_workers(tmp_path):
+    """SIGTERM (kill, pkill) ends the trials running in the pool too, not only the parent; and a parent killed
+    with SIGKILL leaves workers that exit on their own within a few seconds."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    def children(pid):
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+        return {int(p) for p in out.split()}
+
+    def alive(pids):
+        return {p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)}
+
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--methods",
+        "cdc",
+        "--seeds",
+        "4",
+        "--workers",
+        "2",
+        "--epochs",
+        "400",
+    ]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            deadline = time.time() + 120
+            workers: set[int] = set()
+            while time.time() < deadline and len(workers) < 2:  # the pool's two workers (plus its helper)
+                time.sleep(0.5)
+                workers = {p for p in children(proc.pid) if "spawn_main" in _cmdline(p)}
+            assert len(workers) == 2, "the pool's workers never started"
+            time.sleep(3)  # let them get into a trial
+            os.kill(proc.pid, sig)
+            proc.wait(timeout=60)
+            deadline = time.time() + 20
+            while alive(workers) and time.time() < deadline:
+                time.sleep(0.5)
+            assert not alive(workers), f"{sig.name}: pool workers outlived the benchmark"
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
