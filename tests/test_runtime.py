@@ -233,6 +233,42 @@ def test_cuda_graph_entry_points_clone_their_outputs() -> None:
     assert _is_compiled(net.forward) and net.forward.__wrapped__ is not raw
 
 
+def test_compile_watch_reports_graph_breaks_and_cudagraph_skips_and_warns_once() -> None:
+    """A trial's result counts the graph breaks of its compiled step and the graphs inductor ran without CUDA
+    graphs (forced on the CPU, where inductor declines every capture), and warns once per kind with the reason."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    assert runtime.Runtime(device=CPU).watch_compile() is None  # eager: nothing to watch, nothing reported
+    rt = runtime.Runtime(device=CPU, compile_mode="cudagraphs")
+    watch = rt.watch_compile()
+    assert watch.report() == {"compile_graph_breaks": 0.0, "compile_cudagraph_skips": 0.0}
+
+    def step(x):
+        y = x.sin()
+        torch._dynamo.graph_break()
+        return y.cos()
+
+    x = torch.randn(8)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert torch.allclose(rt.compile_fn(step)(x), x.sin().cos())
+        got = watch.report()
+    assert got["compile_graph_breaks"] == 1 and got["compile_cudagraph_skips"] >= 1, got
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages
+    assert "broke the train step 1 time(s) (Call to `torch._dynamo.graph_break()`)" in messages[0]
+    assert "run without CUDA graphs" in messages[1] and "TORCH_LOGS=cudagraphs" in messages[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: later reports are silent
+        assert watch.report() == got
+    later = runtime.Runtime(device=CPU, compile_mode="default").watch_compile()
+    assert later.report() == {
+        "compile_graph_breaks": 0.0,
+        "compile_cudagraph_skips": 0.0,
+    }  # its own trial only
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("method", sorted(COMPILED))
 def test_compile_reaches_the_entry_points_each_step_calls(method) -> None:
     """A compiled runtime compiles what the step calls (an autoencoder's encode/decode, not only forward), and
@@ -351,6 +387,9 @@ def test_every_method_trains_compiled_as_eager(method, device, mode) -> None:
         for key in [k for k in ref if k.startswith("loss")]:
             assert got[key] == pytest.approx(ref[key], rel=rel, abs=1e-6), (epoch, key)
         assert got["runtime.compile"] == mode
+        # the trial's own account: no graph break, and (CUDA graphs) every compiled graph captured
+        assert got["compile_graph_breaks"] == 0 and got["compile_cudagraph_skips"] == 0, (epoch, got)
+        assert "compile_graph_breaks" not in ref
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,10 @@ class Runtime:
         torch.backends.cudnn.allow_tf32 = self.tf32
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
 
+    def watch_compile(self) -> CompileWatch | None:
+        """A :class:`CompileWatch` counting from now (a trial's start); None when compilation is off."""
+        return CompileWatch(self.compile_mode) if self.compile_mode != "none" else None
+
     def tags(self) -> dict[str, str]:
         """What this trial actually runs with, as ``runtime.<key>`` strings (MLflow tags/params)."""
         return {
@@ -214,6 +218,52 @@ class Runtime:
             "runtime.cudnn_benchmark": str(self.cudnn_benchmark).lower(),
             "runtime.fused_optimizers": str(self.fused_optimizers).lower(),
         }
+
+
+def _compile_counts() -> tuple[dict[str, int], int]:
+    """torch.compile's process-wide counts so far: graph breaks by reason, and CUDA-graph skips."""
+    from torch._dynamo.utils import counters
+
+    return dict(counters["graph_break"]), int(counters["inductor"]["cudagraph_skips"])
+
+
+class CompileWatch:
+    """What ``torch.compile`` did to one trial's step, since the watch began (its counts are process-wide; a
+    reused worker's earlier trials are not counted).
+
+    A compiled step that breaks into several graphs, or a graph that inductor declines to capture in a CUDA graph
+    (a dynamic shape, a CPU tensor, an in-place update of an input), still trains correctly, only slower: without
+    this it would show only in ``images_per_s``. :meth:`report` gives the counts for a trial's result and warns
+    once per kind, with the reasons torch gives.
+    """
+
+    def __init__(self, compile_mode: str) -> None:
+        self.compile_mode = compile_mode
+        self._breaks0, self._skips0 = _compile_counts()
+        self._warned: set[str] = set()
+
+    def report(self) -> dict[str, float]:
+        """``compile_graph_breaks`` (graph breaks met while compiling this trial's steps) and
+        ``compile_cudagraph_skips`` (compiled graphs run without CUDA graphs; 0 unless compile is
+        ``cudagraphs``), counted since the watch began; one :class:`RuntimeWarning` the first time either is
+        nonzero."""
+        breaks, skips = _compile_counts()
+        new = {r: n - self._breaks0.get(r, 0) for r, n in breaks.items() if n > self._breaks0.get(r, 0)}
+        n_breaks, n_skips = sum(new.values()), skips - self._skips0
+        if n_breaks and "breaks" not in self._warned:
+            self._warned.add("breaks")
+            reasons = "; ".join(sorted({r.strip().splitlines()[0] for r in new}))[:300]
+            _warn(
+                f"torch.compile broke the train step {n_breaks} time(s) ({reasons}): it trains correctly but not"
+                " as one graph (slower); TORCH_LOGS=graph_breaks shows where"
+            )
+        if n_skips and self.compile_mode == "cudagraphs" and "skips" not in self._warned:
+            self._warned.add("skips")
+            _warn(
+                f"{n_skips} compiled graph(s) run without CUDA graphs (inductor declined to capture them): their"
+                " kernels launch one by one (slower); TORCH_LOGS=cudagraphs shows why"
+            )
+        return {"compile_graph_breaks": float(n_breaks), "compile_cudagraph_skips": float(n_skips)}
 
 
 def _cloning(fn: Any) -> Any:

@@ -139,6 +139,8 @@ class TrialLoop:
             runtime.tags() if runtime is not None else {"runtime.device": str(device)}
         )
         """What the trial actually runs with (after fallbacks): reported with every result, kept as MLflow tags."""
+        self.compile_watch = runtime.watch_compile() if runtime is not None else None
+        """Graph breaks and CUDA-graph skips of the compiled step, reported with every result (compile on)."""
         self.method.label = label or f"seed {cfg.seed}"
 
     def state(self) -> dict[str, Any]:
@@ -221,6 +223,8 @@ class TrialLoop:
             out["step"] = m.steps
             out["images_per_s"] = (m.images_seen - images0) / train_time if train_time > 0 else float("nan")
             out["eval_time_s"] = time.perf_counter() - t1
+            if self.compile_watch is not None:
+                out.update(self.compile_watch.report())
             out.update(self.runtime_tags)
             images0, train_time = m.images_seen, 0.0
             yield out
