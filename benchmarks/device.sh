@@ -14,7 +14,8 @@
 # The fast path's quality is a second call (another ~10 minutes, so a later session's or a larger budget):
 #   device:  run(command="bash benchmarks/device.sh quality", carry=[".whl"], timeout_s=600)
 # trains IDFD, DCCS M1, CDC AE*+L_DC and ICS full on the digits, 3 seeds, with the GPU defaults (bf16,
-# channels_last, CUDA graphs) and in fp32 eager, and records fast - eager per arm (benchmarks/fidelity.py --vs-eager).
+# channels_last, CUDA graphs), in fp32 eager and in fp32 eager on inputs nudged one ulp, and records fast - eager
+# per arm against the seed spread and the rounding spread (benchmarks/fidelity.py --vs-eager).
 # `bash benchmarks/device.sh steps` (a third call) records benchmarks/step_graph.py: each method's step eager, with
 # only its nets compiled, and with its whole pure part (augmentation, nets, loss) in CUDA graphs.
 set -uo pipefail
