@@ -13,7 +13,8 @@ Per arm the table gives mean ± std of ACC and NMI over seeds; per claim the mea
 95% confidence interval and a verdict: ``holds`` (CI above 0), ``not shown`` (CI spans 0), ``reversed`` (CI below 0).
 
 ``--vs-eager`` checks a fast runtime's quality instead: every selected arm and seed is trained three times, with
-the ``--runtime``/``--device`` given (``fast``), in fp32 eager on the same device (``eager``), and in fp32 eager on
+the ``--runtime``/``--device`` given (``fast``), in fp32 eager on the same device and the same batches (``eager``:
+a compiled step drops each epoch's ragged last batch, so its eager twin does too), and in fp32 eager on
 inputs nudged by one fp32 ulp (``nudged``: every nonzero input value replaced by the next float above it). A third
 table gives per arm the paired gap fast - eager with its CI, the eager arm's seed-to-seed standard deviation, and
 the root-mean-square of the paired nudged - eager differences: how far fp32 rounding alone moves one seed's result
@@ -59,7 +60,19 @@ import yaml
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 METRICS = ("acc", "nmi")
 EAGER = {"precision": "fp32", "channels_last": False, "compile": "none", "tf32": False}
-"""The reference runtime of ``--vs-eager``: fp32 eager without TF32 (what the defaults resolve to on the CPU)."""
+"""The reference runtime of ``--vs-eager``: fp32 eager without TF32 (what the defaults resolve to on the CPU), with
+the fast runtime's batches (:func:`eager_twin`)."""
+
+
+def eager_twin(runtime: dict[str, Any], device: str) -> dict[str, Any]:
+    """:data:`EAGER` with the batches ``runtime`` trains on: its resolved ``static_shapes`` (a compiled step drops
+    each epoch's ragged last batch), so that fast - eager measures the arithmetic, not a different batch
+    schedule (``--runtime static_shapes=false`` compares a fast path keeping that batch)."""
+    from tuneclust.runtime import no_warnings, resolve
+
+    with no_warnings():
+        static = resolve(runtime, device).static_shapes
+    return {**EAGER, "static_shapes": static}
 
 
 @dataclass(frozen=True)
@@ -421,7 +434,8 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
                 continue
             for seed in range(args.seeds):
                 if args.vs_eager:
-                    for variant, rt in (("fast", runtime), ("eager", EAGER), ("nudged", EAGER)):
+                    eager = eager_twin(runtime, args.device)
+                    for variant, rt in (("fast", runtime), ("eager", eager), ("nudged", eager)):
                         jobs.append(
                             Job(
                                 name,

@@ -150,10 +150,11 @@ def test_vs_eager_pairs_every_job_with_an_fp32_eager_and_a_nudged_twin(fidelity)
     assert sorted((j.seed, j.variant) for j in jobs) == [
         (s, v) for s in (0, 1) for v in ("eager", "fast", "nudged")
     ]
+    eager = {**fidelity.EAGER, "static_shapes": False}  # bf16 eager keeps the ragged batch, as its twins do
     assert {j.variant: j.runtime for j in jobs} == {
         "fast": {"precision": "bf16"},
-        "eager": fidelity.EAGER,
-        "nudged": fidelity.EAGER,
+        "eager": eager,
+        "nudged": eager,
     }
     assert {j.variant: j.nudge for j in jobs} == {"fast": False, "eager": False, "nudged": True}
     fast, eager, nudged = (next(j for j in jobs if j.variant == v) for v in ("fast", "eager", "nudged"))
@@ -161,6 +162,15 @@ def test_vs_eager_pairs_every_job_with_an_fp32_eager_and_a_nudged_twin(fidelity)
     assert fast.epochs == eager.epochs == nudged.epochs
     with pytest.raises(SystemExit):  # on the CPU the default runtime is already fp32 eager
         fidelity.parse_args(["--vs-eager"])
+    # a compiled fast path drops each epoch's ragged batch (static shapes): its eager twins train on those batches
+    args = fidelity.parse_args(
+        ["--methods", "idfd", "--arms", "IDFD", "--vs-eager", "--runtime", "compile=default"]
+    )
+    twins = {j.runtime["static_shapes"] for j in fidelity.build_jobs(args) if j.variant != "fast"}
+    assert twins == {True}
+    args.runtime = ["compile=default", "static_shapes=false"]
+    twins = {j.runtime["static_shapes"] for j in fidelity.build_jobs(args) if j.variant != "fast"}
+    assert twins == {False}
 
 
 def test_nudged_inputs_move_every_nonzero_value_by_one_ulp(fidelity):

@@ -49,6 +49,7 @@ def test_auto_is_exact_on_cpu_without_warnings() -> None:
         "runtime.compile": "none",
         "runtime.tf32": "false",
         "runtime.cudnn_benchmark": "false",
+        "runtime.static_shapes": "false",
         "runtime.fused_optimizers": "false",
     }
     assert isinstance(rt.autocast(), type(__import__("contextlib").nullcontext()))
@@ -266,6 +267,59 @@ def test_compile_watch_reports_graph_breaks_and_cudagraph_skips_and_warns_once()
         "compile_graph_breaks": 0.0,
         "compile_cudagraph_skips": 0.0,
     }  # its own trial only
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    ("runtime_cfg", "static"),
+    [
+        ({"precision": "fp32"}, False),  # eager: every sample every epoch
+        ({"compile": "default"}, True),  # auto: a compiled step gets one shape
+        ({"static_shapes": True}, True),  # eager with a compiled run's batches
+        ({"compile": "default", "static_shapes": False}, False),  # compiled, keeping the ragged batch
+    ],
+)
+def test_static_shapes_decides_the_ragged_last_batch(runtime_cfg, static) -> None:
+    """``runtime.static_shapes`` drops (or keeps) each epoch's ragged last batch, in the base loop and in CDC's
+    fine-tuning batches, and the trial reports which. Construction only (no compilation runs)."""
+    from tuneclust.trainable import TrialLoop, TrialPlan
+
+    data = {"name": "digits", "subsample": 200}  # 200 = 3 x 64 + 8
+    plan = TrialPlan("idfd", {"backbone": "convnet", "batch_size": 64}, data, 1)
+    plan.runtime = runtime_cfg
+    loop = TrialLoop(plan, CPU)
+    assert loop.runtime_tags["runtime.static_shapes"] == str(static).lower()
+    assert [len(b) for b in loop.method.batches()] == ([64, 64, 64] if static else [64, 64, 64, 8])
+    plan = TrialPlan("cdc", {"batch_size": 64, "pretrain_epochs": 1}, data, 2)
+    plan.runtime = runtime_cfg
+    cdc = TrialLoop(plan, CPU).method
+    sizes = [len(cdc._next_batch()) for _ in range(8)]  # fine-tuning: batches across passes
+    assert sizes == ([64] * 8 if static else [64, 64, 64, 8] * 2)
+
+
+@pytest.mark.slow
+def test_a_compiled_step_keeping_the_ragged_batch_trains_as_eager() -> None:
+    """``static_shapes: false`` under compile: the last batch of 8 gets a static graph of its own (no break, no
+    dynamic recompile of the full-batch graph), and the epoch's losses are eager fp32's (rel 1e-3)."""
+    import torch._dynamo
+
+    from tuneclust.trainable import TrialLoop, TrialPlan
+
+    runs = {}
+    for mode in ("none", "default"):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        plan = TrialPlan(
+            "idfd", {"backbone": "convnet", "batch_size": 64}, {"name": "digits", "subsample": 200}, 1
+        )
+        plan.runtime = {"compile": mode, "static_shapes": False}
+        loop = TrialLoop(plan, CPU)
+        runs[mode] = list(loop.run())[-1]
+        assert loop.method.steps == 4  # 3 full batches and the ragged one
+    got, ref = runs["default"], runs["none"]
+    assert got["compile_graph_breaks"] == 0
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-3)
+    assert got["runtime.static_shapes"] == "false" and got["runtime.compile"] == "default"
     torch._dynamo.reset()
 
 

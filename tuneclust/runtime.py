@@ -45,6 +45,11 @@ class RuntimeConfig(BaseModel):
     """``torch.compile`` of the train step: ``none`` (eager), ``default`` (inductor), ``cudagraphs``
     (``mode="reduce-overhead"``: kernels captured in CUDA graphs, GPU only). ``auto``: cudagraphs on a GPU,
     none on the CPU."""
+    static_shapes: Literal["auto"] | bool = "auto"
+    """Every training batch full-sized: the last, smaller batch of an epoch is dropped (a compiled step then
+    has one shape to compile and capture). ``false`` keeps it (every sample every epoch, as eager fp32 does;
+    a compiled step compiles, and captures, a second graph for its size). ``true`` drops it in eager too (the
+    eager reference of a compiled run). ``auto``: on when the step is compiled."""
     tf32: bool = True
     """Allow TF32 matmuls and convolutions on Ampere and newer GPUs (no effect on the CPU)."""
     cudnn_benchmark: bool = True
@@ -101,6 +106,7 @@ class Runtime:
         compile_mode: ``none``, ``default`` or ``cudagraphs`` (applied by :meth:`compile`).
         tf32: TF32 allowed (CUDA only; False on the CPU).
         cudnn_benchmark: cuDNN autotuning (CUDA only; False on the CPU).
+        static_shapes: every training batch full-sized (the ragged last batch of an epoch dropped).
         compile_step: compile each step's pure part (augmentation applied, nets, loss) as one graph
             (:meth:`compile_fn`); False leaves it eager around the compiled nets' entry points (not a spec key:
             benchmarks/step_graph.py compares the two).
@@ -112,6 +118,7 @@ class Runtime:
     compile_mode: str = "none"
     tf32: bool = False
     cudnn_benchmark: bool = False
+    static_shapes: bool = False
     compile_step: bool = True
 
     @property
@@ -119,12 +126,6 @@ class Runtime:
         """Whether optimisers use their fused kernels (one launch per step for all parameters): on a GPU. The CPU
         keeps torch's reference implementation (exact)."""
         return self.device.type == "cuda"
-
-    @property
-    def static_shapes(self) -> bool:
-        """Whether every batch must have the same shape (compiled steps: no ragged last batch to recompile or
-        re-capture for)."""
-        return self.compile_mode != "none"
 
     def __post_init__(self) -> None:
         if self.precision == "fp16":
@@ -155,12 +156,13 @@ class Runtime:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def compile(self, fn: T) -> T:
-        """``fn`` (a function or module) compiled as configured; ``fn`` itself for ``none``."""
+    def compile(self, fn: T, dynamic: bool | None = None) -> T:
+        """``fn`` (a function or module) compiled as configured; ``fn`` itself for ``none``. ``dynamic``:
+        ``torch.compile``'s (None: a second input shape recompiles with that dimension dynamic)."""
         if self.compile_mode == "none":
             return fn
         mode = "reduce-overhead" if self.compile_mode == "cudagraphs" else "default"
-        return torch.compile(fn, mode=mode)  # type: ignore[return-value]
+        return torch.compile(fn, mode=mode, dynamic=dynamic)  # type: ignore[return-value]
 
     def compile_net(self, net: torch.nn.Module, entry_points: tuple[str, ...]) -> torch.nn.Module:
         """Compile, in place, the methods of ``net`` that a training step calls (``forward``, or e.g. an
@@ -176,19 +178,21 @@ class Runtime:
                 setattr(net, name, self._compiled(getattr(net, name)))
         return net
 
-    def _compiled(self, fn: T) -> T:
+    def _compiled(self, fn: T, dynamic: bool | None = None) -> T:
         """``fn`` compiled, with its outputs cloned out of graph memory under CUDA graphs."""
-        compiled = self.compile(fn)
+        compiled = self.compile(fn, dynamic)
         return _cloning(compiled) if self.compile_mode == "cudagraphs" else compiled  # type: ignore[return-value]
 
     def compile_fn(self, fn: T) -> T:
         """Compile a pure tensor function of the train step (e.g. augmentation applied with drawn parameters,
         the networks and the loss) as one graph, so that its kernels fuse and, under CUDA graphs, launch as one
         replay; ``fn`` itself when compilation is off. Under CUDA graphs the outputs are cloned (see
-        :meth:`compile_net`)."""
+        :meth:`compile_net`). Shapes stay static: without :attr:`static_shapes` the ragged last batch gets a
+        graph of its own, rather than turning every batch's graph dynamic (slower kernels, one capture per size
+        under CUDA graphs anyway)."""
         if self.compile_mode == "none" or not self.compile_step:
             return fn
-        return self._compiled(fn)
+        return self._compiled(fn, dynamic=False)
 
     def step_begin(self) -> None:
         """Mark a new training iteration for CUDA graph trees (their documented call in a training loop)."""
@@ -216,6 +220,7 @@ class Runtime:
             "runtime.compile": self.compile_mode,
             "runtime.tf32": str(self.tf32).lower(),
             "runtime.cudnn_benchmark": str(self.cudnn_benchmark).lower(),
+            "runtime.static_shapes": str(self.static_shapes).lower(),
             "runtime.fused_optimizers": str(self.fused_optimizers).lower(),
         }
 
@@ -323,13 +328,16 @@ def resolve(cfg: RuntimeConfig | dict[str, Any] | None, device: torch.device | s
         cfg = RuntimeConfig.model_validate(cfg)
     gpu = device.type == "cuda"
     channels_last = gpu if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    compile_mode = _compile(cfg, device)
+    static = compile_mode != "none" if cfg.static_shapes == "auto" else bool(cfg.static_shapes)
     return Runtime(
         device=device,
         precision=_precision(cfg, device),
         channels_last=channels_last,
-        compile_mode=_compile(cfg, device),
+        compile_mode=compile_mode,
         tf32=cfg.tf32 and gpu,
         cudnn_benchmark=cfg.cudnn_benchmark and gpu,
+        static_shapes=static,
     )
 
 

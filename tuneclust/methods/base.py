@@ -118,7 +118,7 @@ class Exact:
     fused_optimizers = False
     """True on a GPU runtime: optimisers built with ``fused=True``."""
     static_shapes = False
-    """True when the train step is captured (CUDA graphs): every batch then has the same size."""
+    """True when every training batch must be full-sized (a compiled step, or ``runtime.static_shapes``)."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()

@@ -168,8 +168,11 @@ class CDC(Method):
         return max(min(planned, self.cfg.finetune_iters - self.ft_iter), 0)
 
     def _next_batch(self) -> torch.Tensor:
-        n, bs = len(self.x), self.cfg.batch_size
-        if self._perm is None or n - self._pos < 2:
+        """The next batch of the current pass; a new pass when fewer than two samples are left (fewer than a
+        full batch with ``runtime.static_shapes``)."""
+        n = len(self.x)
+        bs = min(self.cfg.batch_size, n)
+        if self._perm is None or n - self._pos < (bs if self.runtime.static_shapes else 2):
             self._perm, self._pos = self.permutation(n), 0
         idx = self._perm[self._pos : self._pos + bs]
         self._pos += bs
