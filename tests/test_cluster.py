@@ -199,6 +199,7 @@ def test_storage_uris_are_checked_without_writing(tmp_path, monkeypatch, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "ok.yaml"]
 
 
+@pytest.mark.slow  # a driver in a subprocess, killed and resumed: over a minute (CI runs -m slow)
 def test_sweep_on_workers_into_s3_survives_a_killed_driver(cluster, s3, tmp_path):
     c, _ = cluster
     # 6 epochs: long enough that an idle machine is still training when the driver is killed

@@ -174,6 +174,7 @@ def _rows(sweep: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # a driver in a subprocess, killed and resumed: over a minute (CI runs -m slow)
 def test_ctrl_c_ends_honestly_and_resume_completes(tmp_path):
     """SIGINT after a trial finished: exit 130 naming --resume; MLflow parent and unfinished children KILLED;
     ``--resume`` completes every trial with every epoch recorded once and the parent's summary logged once."""

@@ -194,6 +194,7 @@ def _rows(sweep: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # a driver in a subprocess, killed and resumed: over a minute (CI runs -m slow)
 def test_resume_after_the_driver_is_killed_keeps_finished_trials(tmp_path, mlflow_uri):
     body = """
 search:
