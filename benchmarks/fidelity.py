@@ -15,7 +15,7 @@ Per arm the table gives mean ± std of ACC and NMI over seeds; per claim the mea
 ``--vs-eager`` checks a fast runtime's quality instead: every selected arm and seed is trained three times, with
 the ``--runtime``/``--device`` given (``fast``), in fp32 eager on the same device and the same batches (``eager``:
 a compiled step drops each epoch's ragged last batch, so its eager twin does too), and in fp32 eager on
-inputs nudged by one fp32 ulp (``nudged``: every nonzero input value replaced by the next float above it). A third
+inputs nudged by one fp32 ulp (``nudged``: every nonzero input value replaced by the next float away from zero). A third
 table gives per arm the paired gap fast - eager with its CI, the eager arm's seed-to-seed standard deviation, and
 the root-mean-square of the paired nudged - eager differences: how far fp32 rounding alone moves one seed's result
 (a method whose outcome hangs on the last bit of its inputs cannot be reproduced closer than that by any other
