@@ -60,7 +60,8 @@ class TrialPlan:
         eval_every: evaluate, report and checkpoint every this many epochs (and after the last).
         cpu: CPUs of the trial (torch threads).
         gpu: GPU share of the trial (0: CPU only).
-        runtime: the spec's runtime section (precision, channels_last, compile, ...); {} = defaults.
+        runtime: the spec's runtime section (precision, channels_last, compile, ...); {} = fp32 eager on any device
+            (:class:`tuneclust.methods.base.Exact`; a spec always gives its section, defaults included).
     """
 
     method: str
