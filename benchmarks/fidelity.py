@@ -257,8 +257,11 @@ class Job:
     runtime: dict[str, Any] = field(default_factory=dict)
     variant: str = ""
     """``fast``, ``eager`` or ``nudged`` under ``--vs-eager``; empty otherwise."""
-    nudge: bool = False
-    """Train on the inputs nudged one fp32 ulp up (every nonzero value): the ``nudged`` variant."""
+
+    @property
+    def nudge(self) -> bool:
+        """Train on the inputs nudged one fp32 ulp away from zero (the ``nudged`` variant)."""
+        return self.variant == "nudged"
 
 
 @dataclass
@@ -420,7 +423,11 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
     sets = parse_sets(args.set)
     runtime = parse_runtime(args.runtime)
     data = data_config(args.data, args.image_size, args.subsample)
-    jobs = []
+    twins: list[tuple[str, dict[str, Any]]] = []  # --vs-eager: (variant, runtime) of each seed's trials
+    if args.vs_eager:
+        eager = eager_twin(runtime, args.device)
+        twins = [("fast", runtime), ("eager", eager), ("nudged", eager)]
+    jobs: list[Job] = []
     for name in args.methods:
         st = STUDIES[name]
         if args.quick:
@@ -433,25 +440,10 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
             if args.arms and arm not in args.arms:
                 continue
             for seed in range(args.seeds):
-                if args.vs_eager:
-                    eager = eager_twin(runtime, args.device)
-                    for variant, rt in (("fast", runtime), ("eager", eager), ("nudged", eager)):
-                        jobs.append(
-                            Job(
-                                name,
-                                arm,
-                                seed,
-                                {**cfg, **over},
-                                data,
-                                epochs,
-                                args.device,
-                                rt,
-                                variant,
-                                nudge=variant == "nudged",
-                            )  # fmt: skip
-                        )
-                else:
-                    jobs.append(Job(name, arm, seed, {**cfg, **over}, data, epochs, args.device, runtime))
+                job = Job(name, arm, seed, {**cfg, **over}, data, epochs, args.device, runtime)
+                if not twins:
+                    jobs.append(job)
+                jobs += [dataclasses.replace(job, runtime=rt, variant=v) for v, rt in twins]
     return jobs
 
 
@@ -639,9 +631,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     jobs = build_jobs(args)
-    signal.signal(
-        signal.SIGTERM, lambda *_: sys.exit(143)
-    )  # kill/pkill: end the pool's trials too (run_jobs)
+    # kill/pkill: raise SystemExit, so that run_jobs ends the pool's running trials too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(
         f"fidelity: {len(jobs)} trials ({', '.join(args.methods)}), {args.seeds} seeds, {args.workers} workers",
         flush=True,

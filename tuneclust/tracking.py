@@ -28,11 +28,13 @@ PARTS_DIR = "tables"
 """Per-trial part files, ``tables/epochs/<trial_id>.parquet`` and ``tables/trials/<trial_id>.parquet``."""
 LABELLED_SUFFIXES = ("acc", "nmi", "ari")
 """Metrics computed with the ground-truth labels: their best-over-evaluations is label-selected."""
+COMPILE_COUNTS = {"compile_graph_breaks", "compile_cudagraph_skips"}
+"""What a compiled trial reports of its compilation (tuneclust.runtime.CompileWatch): diagnostics, not scores."""
 DIAGNOSTICS = {"lr", "images_per_s", "eval_time_s", "time_total_s", "clusters_used", "phase", "finetune_iter"}
-DIAGNOSTICS |= {"eval_embed_s", "eval_kmeans_s", "compile_graph_breaks", "compile_cudagraph_skips"}
+DIAGNOSTICS |= {"eval_embed_s", "eval_kmeans_s", *COMPILE_COUNTS}
 """Reported values that are not scores: only their final value goes into trials.parquet."""
 BOOKKEEPING = {"epoch", "step", "time_total_s", "images_per_s", "eval_time_s", "lr", "phase", "finetune_iter"}
-BOOKKEEPING |= {"compile_graph_breaks", "compile_cudagraph_skips"}
+BOOKKEEPING |= COMPILE_COUNTS
 """Reported values that are not MLflow metrics (they would clutter every chart): ``epoch`` is the metrics' step,
 the others become ``final.<name>`` tags of the trial's run when it ends (their history is in epochs.parquet)."""
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
