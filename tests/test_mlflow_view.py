@@ -6,19 +6,22 @@ by the MLflow tests; the quickstart is run once as a user would, in a subprocess
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, write_spec
 
-from tuneclust.cli import main
+from tuneclust.cli import main, mlflow_ui_command
 from tuneclust.progress import Progress, ProgressCallback, duration, trial_label
-from tuneclust.tracking import BOOKKEEPING, EXPERIMENT_KIND, NOTE
+from tuneclust.spec import load_spec
+from tuneclust.tracking import BOOKKEEPING, EXPERIMENT_KIND, MLFLOW_STATE, NOTE, is_bookkeeping, runs_url
 
 SPEC = """# A tiny study for the view tests (Smith & Doe, Journal 2031, Table 9): ID against IDFD over tau.
 # Second line of the header.
@@ -89,12 +92,23 @@ def test_parent_holds_config_search_space_and_description(swept):
     } <= report
 
 
+TIMINGS = ("eval_time_s", "eval_embed_s", "eval_kmeans_s")
+"""What each evaluation reports of its own duration: the trainable's total, its embedding and k-means shares."""
+
+
 def test_children_have_scores_by_epoch_and_bookkeeping_as_tags(swept):
-    client, _, _, children, _, _, _ = swept
+    client, _, _, children, out, _, _ = swept
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert set(TIMINGS) <= set(
+        epochs.columns
+    )  # reported by every trial (so the checks below are not vacuous)
     for run in children:
         metrics = set(run.data.metrics)
         assert {"acc", "nmi", "ari", "loss"} <= metrics
         assert not metrics & BOOKKEEPING, metrics & BOOKKEEPING
+        assert not [m for m in metrics if m.endswith("_s")], metrics  # no timing is a metric
+        for name in TIMINGS:
+            assert float(run.data.tags[f"final.{name}"]) >= 0, name  # the last evaluation's, as a tag
         history = client.get_metric_history(run.info.run_id, "acc")
         assert sorted(m.step for m in history) == [1, 2]  # the step is the epoch
         assert float(run.data.tags["final.time_total_s"]) > 0 and "final.lr" in run.data.tags
@@ -112,12 +126,51 @@ def test_stored_spec_records_the_storage_used(swept):
 
 
 def test_sweep_ends_with_report_and_mlflow_commands(swept):
-    text, uri = swept[5], swept[6]
+    exp, text, uri = swept[1], swept[5], swept[6]
     lines = text.strip().splitlines()
-    assert lines[-1].startswith(f"MLflow:  mlflow ui --backend-store-uri {uri} ")
-    assert lines[-2] == f"report:  python -m tuneclust report {swept[4]}"
+    assert lines[-2] == (
+        f"MLflow:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then open http://127.0.0.1:5000)"
+    )
+    assert (
+        lines[-1] == f"         this sweep's runs: {runs_url(exp.experiment_id)}"
+    )  # this sweep's experiment
+    assert lines[-3] == f"report:  python -m tuneclust report {swept[4]}"
     assert "view: 4 trials: 4 finished, 0 errored, 0 unfinished" in text
     assert text.count("4/4 done · 0 running · 0 pending · 0 errored") == 1  # the final progress line, once
+
+
+def test_runs_url_opens_the_experiments_runs_in_the_model_training_view():
+    assert runs_url("7") == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert runs_url("12", ui="http://localhost:8080").startswith(
+        "http://localhost:8080/#/experiments/12/runs?"
+    )
+    assert runs_url("a/b").startswith("http://127.0.0.1:5000/#/experiments/a%2Fb/runs?")  # one path segment
+
+
+def test_timings_are_bookkeeping_and_scores_are_not():
+    assert all(is_bookkeeping(k) for k in (*TIMINGS, "time_total_s", "images_per_s", "epoch", "lr"))
+    assert not any(is_bookkeeping(k) for k in ("acc", "loss", "loss_instance", "silhouette", "config.max_s"))
+
+
+def test_mlflow_line_finds_the_experiment_or_stays_one_line(swept, tmp_path):
+    """The sweep folder's mlflow.json names the experiment; a state written before it did is looked up by name in
+    the store; without one (MLflow never started) the old line alone; tracking off: nothing."""
+    _, exp, parent, _, _, _, uri = swept
+    spec = load_spec(write_spec(tmp_path, SPEC.format(uri=uri)))
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    alone = (
+        f"MLflow:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then open http://127.0.0.1:5000)"
+    )
+    assert mlflow_ui_command(spec, folder) == mlflow_ui_command(spec) == alone
+    state = {"parent_run_id": parent.info.run_id, "tracking_uri": uri}
+    (folder / MLFLOW_STATE).write_text(json.dumps(state))  # an older sweep's state: looked up by name
+    want = f"{alone}\n         this sweep's runs: {runs_url(exp.experiment_id)}"
+    assert mlflow_ui_command(spec, folder) == want
+    (folder / MLFLOW_STATE).write_text(json.dumps({**state, "experiment_id": "42"}))  # stored: taken as is
+    assert mlflow_ui_command(spec, folder).splitlines()[1].endswith(runs_url("42"))
+    off = load_spec(tmp_path / "spec.yaml", ["tracking.mlflow.enabled=false"])
+    assert mlflow_ui_command(off, folder) is None
 
 
 # ------------------------------------------------------------------------------------------- progress
@@ -168,7 +221,8 @@ def test_quickstart_prints_at_most_40_lines(tmp_path):
     assert r.returncode == 0, "\n".join(out[-30:])
     assert len(out) <= 40, "\n".join(out)
     assert not any("Token authentication" in ln or "tensorboard" in ln.lower() or "╭" in ln for ln in out)
-    assert out[-1].startswith("MLflow:  mlflow ui --backend-store-uri sqlite:///")
+    assert out[-2].startswith("MLflow:  mlflow ui --backend-store-uri sqlite:///")
+    assert out[-1].startswith("         this sweep's runs: http://127.0.0.1:5000/#/experiments/")
     assert any(ln.startswith("[") and "8/8 done" in ln for ln in out)
     assert Path(tmp_path / "runs" / "quickstart" / "trials.parquet").exists()
 

@@ -446,6 +446,15 @@ def test_every_method_trains_compiled_as_eager(method, device, mode) -> None:
         assert "compile_graph_breaks" not in ref
 
 
+LOSS_BLIND = {
+    "ics": r"net\.((encoder\.\d+\.0|to_latent|from_latent\.0|deconvs\.[01])\.bias|.*running_mean)",
+}
+"""State the loss cannot see, per method: in ICS's pre-training (L_r only) a bias whose output goes straight (or
+through a linear layer) into a batch norm over the batch cancels out, so its gradient is float noise (~1e-5 against
+~1e1 for the weights) that Adam's per-coordinate scaling turns into lr-sized steps: it wanders apart between any
+two runs that differ by rounding, as do the running means that track it."""
+
+
 @pytest.mark.parametrize(
     ("method", "config"),
     [
@@ -457,7 +466,11 @@ def test_every_method_trains_compiled_as_eager(method, device, mode) -> None:
 )
 def test_fused_optimizers_train_as_the_reference(monkeypatch: pytest.MonkeyPatch, method, config) -> None:
     """A GPU runtime builds its optimisers with fused=True; forced on the CPU (where torch has fused SGD and
-    Adam too), two epochs train to the reference implementation's losses and metrics."""
+    Adam too), two epochs train to the reference implementation's losses (every epoch, every term) and
+    parameters, buffers and tensor state (rel 1e-4). Not the clustering metrics: k-means on an embedding that
+    differs by rounding may settle on another partition (CPU-dependent)."""
+    import re
+
     from tuneclust.trainable import TrialLoop, TrialPlan
 
     def run() -> tuple[TrialLoop, list[dict]]:
@@ -466,14 +479,32 @@ def test_fused_optimizers_train_as_the_reference(monkeypatch: pytest.MonkeyPatch
         loop = TrialLoop(plan, CPU)
         return loop, list(loop.run())
 
+    def tensors(loop: TrialLoop) -> dict[str, torch.Tensor]:
+        state = loop.method.state_dict()
+        out = {f"{n}.{k}": v for n, sd in state["nets"].items() for k, v in sd.items()}
+        out.update({f"attrs.{k}": v for k, v in state["attrs"].items() if isinstance(v, torch.Tensor)})
+        return out
+
     ref_loop, ref = run()
     monkeypatch.setattr(runtime.Runtime, "fused_optimizers", property(lambda self: True))
     loop, got = run()
     assert all(o.optimizer.defaults.get("fused") for o in loop.method.optimizers.values())
     assert not any(o.optimizer.defaults.get("fused") for o in ref_loop.method.optimizers.values())
     assert got[-1]["runtime.fused_optimizers"] == "true"
-    for key in [k for k in ref[-1] if k.startswith("loss") or k in ("acc", "nmi")]:
-        assert got[-1][key] == pytest.approx(ref[-1][key], rel=1e-4, abs=1e-5), key
+    assert len(got) == len(ref) == 2
+    for epoch, (r, g) in enumerate(zip(ref, got, strict=True)):
+        keys = [k for k in r if k.startswith("loss")]
+        assert keys and keys == [k for k in g if k.startswith("loss")], (epoch, keys)
+        for key in keys:
+            assert g[key] == pytest.approx(r[key], rel=1e-4, abs=1e-6), (epoch, key)
+    want, have = tensors(ref_loop), tensors(loop)
+    assert want.keys() == have.keys()
+    compared = [k for k in want if not re.fullmatch(LOSS_BLIND.get(method, "$^"), k)]
+    assert all(k in compared for k in want if k.endswith("weight"))  # every weight is compared
+    for key in compared:
+        torch.testing.assert_close(
+            have[key], want[key], rtol=1e-4, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}"
+        )
 
 
 def test_spec_runtime_section_reaches_the_trial_plan(tmp_path) -> None:

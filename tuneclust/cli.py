@@ -263,9 +263,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         pass
     print(f"results: {out / 'trials.parquet'}, {out / 'epochs.parquet'}")
     print(f"report:  python -m tuneclust report {out}")
-    ui = mlflow_ui_command(spec)
+    ui = mlflow_ui_command(spec, out)
     if ui:
-        print(f"MLflow:  {ui}   (then open http://127.0.0.1:5000)")
+        print(ui)
     if counts["unfinished"]:
         done = counts["terminated"] + counts["errored"]
         print(
@@ -312,14 +312,19 @@ def with_header_description(spec, path: str):
     return spec.model_copy(update={"description": text}) if text else spec
 
 
-def mlflow_ui_command(spec) -> str | None:
-    """The ``mlflow ui`` command that opens this sweep's tracking store (None if MLflow tracking is off)."""
+def mlflow_ui_command(spec, sweep: Any = None) -> str | None:
+    """The sweep's closing ``MLflow:`` line, the ``mlflow ui`` command that opens its tracking store, and a second
+    line with the URL of its experiment's runs where the sweep's folder ``sweep`` tells the experiment (MLflow 3
+    opens on a GenAI overview). None if MLflow tracking is off."""
     if not spec.tracking.mlflow.enabled:
         return None
-    from tuneclust.tracking import default_tracking_uri
+    from tuneclust.tracking import MLFLOW_UI, default_tracking_uri, runs_url, sweep_experiment_id
 
     uri = spec.tracking.mlflow.uri or default_tracking_uri()
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+    line = f"MLflow:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then open {MLFLOW_UI})"
+    name = spec.tracking.mlflow.experiment or spec.name
+    experiment_id = sweep_experiment_id(sweep, uri, name) if sweep is not None else None
+    return f"{line}\n         this sweep's runs: {runs_url(experiment_id)}" if experiment_id else line
 
 
 def cmd_train(args: argparse.Namespace) -> int:

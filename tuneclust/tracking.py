@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -34,18 +35,50 @@ DIAGNOSTICS = {"lr", "images_per_s", "eval_time_s", "time_total_s", "clusters_us
 DIAGNOSTICS |= {"eval_embed_s", "eval_kmeans_s", *COMPILE_COUNTS}
 """Reported values that are not scores: only their final value goes into trials.parquet."""
 BOOKKEEPING = {"epoch", "step", "time_total_s", "images_per_s", "eval_time_s", "lr", "phase", "finetune_iter"}
-BOOKKEEPING |= COMPILE_COUNTS
+BOOKKEEPING |= {"eval_embed_s", "eval_kmeans_s", *COMPILE_COUNTS}
 """Reported values that are not MLflow metrics (they would clutter every chart): ``epoch`` is the metrics' step,
-the others become ``final.<name>`` tags of the trial's run when it ends (their history is in epochs.parquet)."""
+the others become ``final.<name>`` tags of the trial's run when it ends (their history is in epochs.parquet).
+Any other timing a trial reports (``*_s``) is bookkeeping too (:func:`is_bookkeeping`)."""
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 """The experiment tag that makes MLflow 3's UI open an experiment on its runs table, not the GenAI overview."""
 NOTE = "mlflow.note.content"
 """The tag MLflow's UI shows as a run's description (Markdown)."""
+MLFLOW_UI = "http://127.0.0.1:5000"
+"""Where ``mlflow ui --host 127.0.0.1`` serves (its default port)."""
 
 
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI``, else MLflow's own default ``sqlite:///mlflow.db`` in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def is_bookkeeping(name: str) -> bool:
+    """Not an MLflow metric: a :data:`BOOKKEEPING` name, or a timing a trial reports (``*_s``, not ``config.*``)."""
+    return name in BOOKKEEPING or (name.endswith("_s") and "." not in name)
+
+
+def runs_url(experiment_id: str, ui: str = MLFLOW_UI) -> str:
+    """The MLflow UI page of an experiment's runs in the model-training view (MLflow 3 opens GenAI's overview)."""
+    return f"{ui}/#/experiments/{quote(str(experiment_id), safe='')}/runs?workflowType=machine_learning"
+
+
+def sweep_experiment_id(sweep_dir: Location | Path | str, uri: str, experiment: str) -> str | None:
+    """The id of a sweep's MLflow experiment: from its ``mlflow.json``, else (a state written before the id was
+    stored, or another store) looked up by name in the store at ``uri``. None without a ``mlflow.json`` (MLflow
+    never started for it) or when the store does not answer."""
+    try:
+        state = json.loads((locate(sweep_dir) / MLFLOW_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("experiment_id") and state.get("tracking_uri") == uri:
+        return str(state["experiment_id"])
+    try:
+        from mlflow.tracking import MlflowClient
+
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 (a link in a closing message: never fail the sweep's exit over it)
+        return None
+    return exp.experiment_id if exp is not None else None
 
 
 def is_label_metric(name: str) -> bool:
@@ -116,7 +149,8 @@ class MlflowTracker:
             self.parent = run.info.run_id
             self.client.log_text(self.parent, spec_text, "spec.yaml")
             self._log_params(self.parent, params or {})
-            state_file.write_text(json.dumps({"parent_run_id": self.parent, "tracking_uri": uri}))
+            state = {"parent_run_id": self.parent, "tracking_uri": uri, "experiment_id": self.experiment_id}
+            state_file.write_text(json.dumps(state))
 
     def start_trial(self, trial_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -145,7 +179,8 @@ class MlflowTracker:
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, trial_id: str, values: dict[str, float], step: int) -> None:
-        """Log a trial's scores at ``step`` (its epoch); :data:`BOOKKEEPING` values are kept for its end tags."""
+        """Log a trial's scores at ``step`` (its epoch); bookkeeping values (:func:`is_bookkeeping`) are kept for
+        its end tags."""
         from mlflow.entities import Metric
 
         run_id = self.children.get(trial_id)
@@ -153,11 +188,11 @@ class MlflowTracker:
             return
         now = int(time.time() * 1000)
         book = self.bookkeeping.setdefault(trial_id, {})
-        book.update({k: v for k, v in values.items() if k in BOOKKEEPING})
+        book.update({k: v for k, v in values.items() if is_bookkeeping(k)})
         batch = [
             Metric(k, float(v), now, step)
             for k, v in values.items()
-            if k not in BOOKKEEPING
+            if not is_bookkeeping(k)
             and isinstance(v, int | float)
             and not isinstance(v, bool)
             and math.isfinite(v)
@@ -183,7 +218,7 @@ class MlflowTracker:
         self.client.set_terminated(run_id, ending)
 
     def trial_summary(self, trial_id: str, figures: list[Path]) -> None:
-        """Before a trial's run ends: its last :data:`BOOKKEEPING` values as ``final.<name>`` tags, and its
+        """Before a trial's run ends: its last bookkeeping values as ``final.<name>`` tags, and its
         figures as artifacts (``figures/``)."""
         run_id = self.children.get(trial_id)
         if run_id is None:
