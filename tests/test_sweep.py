@@ -14,6 +14,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from tuneclust import partitions, report
 from tuneclust.cli import main
 from tuneclust.spec import load_spec
 from tuneclust.sweep import run_sweep
@@ -100,7 +101,30 @@ scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     # the report ranks, plots and tabulates from the tables alone
     assert main(["report", str(out)]) == 0
     assert (out / "report" / "ranking.csv").exists() and (out / "report" / "ablation.md").exists()
-    assert (out / "report" / "acc_vs_lr.png").exists()
+    assert (out / "report" / "acc_vs_lr.png").exists() and (out / "report" / "chosen_trial.png").exists()
+    assert (out / "report" / "settings.md").exists() and (out / "report" / "trust.md").exists()
+    # every trial stored its partition of the shared subset at every evaluation, and reported the criteria
+    assert {"seed_agreement", "consensus", "reference_silhouette"} <= set(epochs)
+    subset = partitions.read_subset(out)
+    assert len(subset["index"]) == 300 and len(subset["labels"]) == 300
+    for _, row in good.iterrows():
+        for e in range(1, int(row["epochs_run"]) + 1):
+            part = partitions.read(out, e, trials=[row["trial_id"]])[row["trial_id"]]
+            assert len(part.assignment) == 300 and part.embedding.shape[0] == 300
+    # no ranked or plotted value mixes budgets: each is the value at the epoch every finished trial reached
+    equal = int(good["epochs_run"].min())
+    at = epochs[epochs["epoch"] == equal].set_index("trial_id")["acc"]
+    ranked = report.ranking(out)
+    assert f"acc@{equal}" in ranked
+    for _, r in ranked[ranked["status"] == "TERMINATED"].iterrows():
+        assert r[f"acc@{equal}"] == pytest.approx(at[r["trial_id"]])
+    ans = report.sweep_answer(out)
+    assert ans.view.epoch == equal and set(ans.view.trials["trial_id"]) == set(good["trial_id"])
+    assert (ans.view.trials["acc"].to_numpy() == at[ans.view.trials["trial_id"]].to_numpy()).all()
+    plotted = ans.view.trials.groupby("config.lr")["acc"].mean()  # what acc_vs_lr.png draws
+    assert plotted.iloc[0] == pytest.approx(at[good["trial_id"]].mean())
+    loaded = report.load_finished(out)  # what analysis/ reads
+    assert (loaded["final.acc"].to_numpy() == at[loaded["trial_id"]].to_numpy()).all()
     # a second sweep into the same folder is refused without --resume/--overwrite, and nothing is touched
     assert main(["sweep", str(tmp_path / "s.yaml")]) == 2
 

@@ -29,6 +29,10 @@ MODES = {
     "silhouette": "max",
     "calinski_harabasz": "max",
     "davies_bouldin": "min",
+    "seed_agreement": "max",
+    "consensus": "max",
+    "pooled_silhouette": "max",
+    "reference_silhouette": "max",
 }
 
 
@@ -191,6 +195,20 @@ def label_free_scores(x: np.ndarray, y_pred: np.ndarray, sample: int = SILHOUETT
     }
 
 
+def assign(
+    ev, k: int, n_init: int = 10, seed: int = 0, device: torch.device | str | None = None
+) -> tuple[np.ndarray, float]:
+    """(cluster of each sample, seconds in k-means): the method's own assignment if it has one, else k-means
+    (``k`` clusters) on its embedding (:func:`kmeans_fit`: on ``device`` if that is a GPU)."""
+    if ev.assignment is not None:
+        return np.asarray(ev.assignment, dtype=np.int64), 0.0
+    if ev.embedding is None:
+        raise ValueError("an evaluation needs an embedding or an assignment")
+    t0 = time.perf_counter()
+    labels = kmeans_fit(ev.embedding, k, n_init, seed, device)[0]
+    return np.asarray(labels, dtype=np.int64), time.perf_counter() - t0
+
+
 def score_evaluation(
     ev,
     labels: np.ndarray | None,
@@ -198,22 +216,17 @@ def score_evaluation(
     n_init: int = 10,
     seed: int = 0,
     device: torch.device | str | None = None,
+    assignment: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All metrics of one :class:`tuneclust.methods.Evaluation`.
 
-    The method's own assignment is scored if it has one, else k-means (``k`` clusters) on its embedding
-    (:func:`kmeans_fit`: on ``device`` if that is a GPU). Each extra view is clustered by k-means and reported as
-    ``<view>_acc`` / ``_nmi`` / ``_ari``. ``eval_kmeans_s`` is the seconds spent in k-means.
+    ``assignment`` is scored if given, else :func:`assign`'s. Each extra view is clustered by k-means and reported
+    as ``<view>_acc`` / ``_nmi`` / ``_ari``. ``eval_kmeans_s`` is the seconds spent in k-means.
     """
     out: dict[str, float] = {k_: float(v) for k_, v in ev.scores.items()}
-    t0 = time.perf_counter()
     kmeans_s = 0.0
-    assignment = ev.assignment
     if assignment is None:
-        if ev.embedding is None:
-            raise ValueError("an evaluation needs an embedding or an assignment")
-        assignment = kmeans_fit(ev.embedding, k, n_init, seed, device)[0]
-        kmeans_s += time.perf_counter() - t0
+        assignment, kmeans_s = assign(ev, k, n_init, seed, device)
     assignment = np.asarray(assignment, dtype=np.int64)
     out["clusters_used"] = float(len(np.unique(assignment)))
     if labels is not None:

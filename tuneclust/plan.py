@@ -62,6 +62,7 @@ class TrialPlan:
         gpu: GPU share of the trial (0: CPU only).
         runtime: the spec's runtime section (precision, channels_last, compile, ...); {} = fp32 eager on any device
             (:class:`tuneclust.methods.base.Exact`; a spec always gives its section, defaults included).
+        evaluation: the spec's evaluation section (the shared subset whose partitions are stored); {} = defaults.
     """
 
     method: str
@@ -72,6 +73,7 @@ class TrialPlan:
     cpu: float = 1.0
     gpu: float = 0.0
     runtime: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class SweepPlan:
     cpu: float
     gpu: float
     runtime: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, spec: Spec) -> SweepPlan:
@@ -101,6 +104,7 @@ class SweepPlan:
             cpu=spec.resources.cpu,
             gpu=spec.resources.gpu,
             runtime=runtime.model_dump() if runtime is not None else {},
+            evaluation=spec.evaluation.model_dump(),
         )
 
     def merge(self, point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -58,7 +58,9 @@ def statistic(df: pd.DataFrame, by: Sequence[str]) -> str:
         and (df.groupby(list(by), dropna=False)[f"{CONFIG}seed"].nunique() == sizes).all()
     )
     unit = ("seed" if seeds else "trial") + ("s" if hi != 1 else "")
-    return f"mean ± std over {lo} {unit}" if lo == hi else f"mean ± std over {lo}-{hi} {unit}"
+    text = f"mean ± std over {lo} {unit}" if lo == hi else f"mean ± std over {lo}-{hi} {unit}"
+    at = df.attrs.get("budget_epoch")
+    return f"{text}, at epoch {at} (equal budget)" if at is not None else text
 
 
 def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
@@ -116,14 +118,40 @@ def load_trials(sweep_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     dirs = [sweep_dirs] if isinstance(sweep_dirs, str | Path) else list(sweep_dirs)
     frames = []
     for d in dirs:
-        trials, _ = load_results(d)
+        trials, epochs = load_results(d)
+        trials = at_equal_budget(trials, epochs)
         data = load_spec_dict(d).get("data") or {}
         default, root = data.get("name") or Path(d).name, data.get("root")
         names = trials["data.name"].fillna(default) if "data.name" in trials else default
         names = pd.Series(names, index=trials.index, dtype=object)
         trials["dataset"] = [_dataset_label(n, root) for n in names]
         frames.append(trials)
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    budgets = {f.attrs.get("budget_epoch") for f in frames} - {None}
+    if budgets:
+        out.attrs["budget_epoch"] = min(budgets)
+    return out
+
+
+def at_equal_budget(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Under early stopping (finished trials ran different numbers of epochs), every finished trial's ``final.*``
+    values are replaced by its values at the last evaluation all of them reached, so that no comparison mixes
+    budgets; ``budget_epoch`` and ``stopped`` say so (also ``attrs["budget_epoch"]``, which :func:`statistic`
+    names in every figure). A sweep without early stopping is returned unchanged."""
+    done = trials["status"] == "TERMINATED" if "status" in trials else pd.Series(True, index=trials.index)
+    if "epochs_run" not in trials or trials.loc[done, "epochs_run"].nunique() < 2 or epochs.empty:
+        return trials
+    at = int(trials.loc[done, "epochs_run"].min())
+    rows = epochs[epochs["epoch"] == at].drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    out = trials.copy()
+    out["stopped"] = done & (out["epochs_run"] < out.loc[done, "epochs_run"].max())
+    for col in [c for c in out.columns if c.startswith("final.")]:
+        name = col.removeprefix("final.")
+        if name in rows:
+            out.loc[done, col] = out.loc[done, "trial_id"].map(rows[name]).to_numpy()
+    out["budget_epoch"] = at
+    out.attrs["budget_epoch"] = at
+    return out
 
 
 def load_finished(
@@ -369,66 +397,170 @@ def metric_column(metric: str) -> str:
     return f"final.{metric}"
 
 
+def equal_budget_epoch(trials: pd.DataFrame) -> int | None:
+    """The last evaluation every finished trial reached (None when none finished)."""
+    done = trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
+    return int(done["epochs_run"].min()) if "epochs_run" in done and not done.empty else None
+
+
 def ranking(sweep_dir: str | Path, metric: str | None = None) -> pd.DataFrame:
-    """Trials ranked by the objective's value at their last evaluation (errored trials last)."""
-    trials, _ = load_results(sweep_dir)
+    """Trials ranked by the objective at the equal budget (the last evaluation every finished trial reached;
+    ``<metric>@<epoch>``), then errored trials; ``stopped`` marks a trial an early-stopping scheduler ended
+    before the full budget. The settings' ranking (seeds pooled) is :func:`tuneclust.answer.answer`'s."""
+    trials, epochs = load_results(sweep_dir)
     obj, mode = objective(sweep_dir)
     metric = metric or obj
     mode = mode if metric == obj else metric_mode(metric)
     col = metric_column(metric)
     params = searched_params(sweep_dir, trials)
-    keep = ["trial_id", "arm", *params, "status", "epochs_run", col]
+    full = int((load_spec_dict(sweep_dir).get("budget") or {}).get("epochs") or 0)
+    trials = trials.copy()
+    if full and "epochs_run" in trials:
+        trials["stopped"] = (trials["epochs_run"] < full) & (trials.get("status") == "TERMINATED")
+    at = equal_budget_epoch(trials)
+    at_col = f"{metric}@{at}" if at is not None else None
+    if at is not None and not epochs.empty and metric in epochs:
+        rows = epochs[epochs["epoch"] == at].drop_duplicates("trial_id", keep="last").set_index("trial_id")
+        trials[at_col] = trials["trial_id"].map(rows[metric])
+    keep = ["trial_id", "arm", *params, "status", "epochs_run", "stopped", at_col, col]
     for extra in ("final.acc", "final.nmi", "final.ari", "final.silhouette"):
         if extra in trials and extra not in keep:
             keep.append(extra)
     if f"best_label_selected.{metric}" in trials:
         keep.append(f"best_label_selected.{metric}")
-    keep = [c for c in keep if c in trials and not (c == "arm" and (trials[c].fillna("") == "").all())]
+    keep = [c for c in keep if c and c in trials and not (c == "arm" and (trials[c].fillna("") == "").all())]
+    if "stopped" in keep and not trials["stopped"].any():
+        keep.remove("stopped")
     out = trials[keep]
-    if col in out:
-        out = out.sort_values(col, ascending=mode == "min", na_position="last")
+    key = at_col if at_col in out else col
+    if key in out:
+        out = out.sort_values(key, ascending=mode == "min", na_position="last")
     out = out.rename(columns={c: c.removeprefix(CONFIG) for c in out.columns})
     return out.reset_index(drop=True)
 
 
 def ranking_text(sweep_dir: str | Path, metric: str | None = None, top: int = 20) -> str:
+    """The sweep's answer (:func:`tuneclust.answer.answer_text`: settings at equal budget, best vs runner-up,
+    importance, trust table), then the trials' ranking."""
+    from tuneclust.answer import answer_text
+
+    ans = sweep_answer(sweep_dir, metric)
     df = ranking(sweep_dir, metric).head(top)
     note = ""
     if any(c.startswith("best_label_selected.") for c in df.columns):
         note = "\n(best_label_selected.*: best over evaluations chosen WITH the labels — an oracle, not a result)"
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
-        return df.to_string(index=False) + note
+        trials = "trials:\n" + df.to_string(index=False) + note
+    return f"{answer_text(ans, top)}\n{trials}" if ans is not None else trials
+
+
+def sweep_answer(sweep_dir: str | Path | Location, metric: str | None = None):
+    """:func:`tuneclust.answer.answer` of a sweep folder or URI (None when no trial finished)."""
+    from tuneclust.answer import answer
+
+    trials, epochs = load_results(sweep_dir)
+    return answer(trials, epochs, load_spec_dict(sweep_dir), sweep_dir, metric)
 
 
 def write_report(
     sweep_dir: str | Path, metric: str | None = None, out: str | Path | None = None
 ) -> list[Path]:
-    """Ranking table, one metric-vs-parameter plot per searched parameter, and an ablation table if arms."""
+    """The answer (``answer.md``; settings ranked at equal budget with seed intervals, the survivors at the full
+    budget, ``trust`` and ``importance`` tables), the trials' ranking, one metric-vs-parameter plot per searched
+    parameter at the stated epoch, an ablation table if arms, and the chosen trial's confusion matrix and
+    cluster sizes from its stored partition."""
+    from tuneclust.answer import answer_text, settings_display
+
     here = locate(sweep_dir)
     if out is None:  # next to the tables; a sweep on object storage reports into ./<name>-report
         out = Path(here.path) / "report" if here.local else Path(f"{here.name}-report")
     out = Path(out)
-    trials, _ = load_results(sweep_dir)
     metric = metric or objective(sweep_dir)[0]
-    col = metric_column(metric)
     written = write_table(ranking(sweep_dir, metric), out / "ranking")
-    done = trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
-    if col not in done or done.empty:
+    ans = sweep_answer(sweep_dir, metric)
+    if ans is None:
         return written
-    params = [p for p in searched_params(sweep_dir, trials) if p != f"{CONFIG}seed"]
-    hue = "arm" if done["arm"].nunique() > 1 else None
-    for p in params:
-        logx = (
-            pd.api.types.is_numeric_dtype(done[p])
-            and done[p].min() > 0
-            and done[p].max() / done[p].min() >= 100
-        )
-        png = plot_metric_vs_param(done, p, col, out / f"{metric}_vs_{readable(p)}.png", hue, logx)
-        written += [png, png.with_suffix(".svg")]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "answer.md").write_text(f"```\n{answer_text(ans)}\n```\n")
+    written.append(out / "answer.md")
+    written += write_table(settings_display(ans.settings), out / "settings")
+    if ans.full_settings is not None:
+        written += write_table(settings_display(ans.full_settings), out / "settings_full_budget")
+    if ans.trust is not None:
+        written += write_table(ans.trust, out / "trust")
+    if ans.importance:
+        imp = pd.DataFrame({"parameter": list(ans.importance), "importance": list(ans.importance.values())})
+        written += write_table(imp, out / "importance")
+    from tuneclust.answer import log_scaled
+
+    spec = load_spec_dict(sweep_dir)
+    params = [p for p in searched_params(sweep_dir, load_results(sweep_dir)[0]) if p != f"{CONFIG}seed"]
+    for view in ans.views:
+        done = view.trials
+        if metric not in done or done.empty:
+            continue
+        hue = "arm" if done["arm"].nunique() > 1 else None
+        suffix = "" if view is ans.views[0] else "_full_budget"
+        for p in params:
+            png = plot_metric_vs_param(
+                done,
+                p,
+                metric,
+                out / f"{metric}_vs_{readable(p)}{suffix}.png",
+                hue,
+                p in log_scaled(spec, done),
+                title=f"at {view.label}",
+            )
+            written += [png, png.with_suffix(".svg")]
+    done = ans.view.trials
     if done["arm"].nunique() > 1:
-        cols = [c for c in ("final.acc", "final.nmi", "final.ari", col) if c in done]
+        cols = [c for c in ("acc", "nmi", "ari", metric) if c in done]
         written += write_table(ablation_table(done, list(dict.fromkeys(cols))), out / "ablation")
+    written += chosen_trial_figures(ans, here, out)
     return written
+
+
+def chosen_trial_figures(ans: Any, sweep_dir: Location, out: Path) -> list[Path]:
+    """The chosen trial (the best seed of the best setting at the compared epoch): its cluster sizes and, with
+    labels, its confusion matrix (clusters matched to classes), from its stored partition of the subset."""
+    from tuneclust import partitions
+    from tuneclust.metrics import cluster_accuracy
+
+    view, best = ans.view, ans.settings["setting"][0] if not ans.settings.empty else None
+    rows = view.trials[view.trials["setting"] == best]
+    if rows.empty or ans.metric not in rows:
+        return []
+    row = rows.sort_values(ans.metric, ascending=ans.mode == "min").iloc[0]
+    parts = partitions.read(sweep_dir, view.epoch, trials=[row["trial_id"]], embeddings=False)
+    subset = partitions.read_subset(sweep_dir)
+    if not parts or subset is None:
+        return []
+    assignment = parts[row["trial_id"]].assignment.astype(np.int64)
+    labels = subset.get("labels")
+    what = f"trial {row['trial_id']} ({best}, seed {row.get(CONFIG + 'seed', '?')}), epoch {view.epoch}"
+    n_panels = 2 if labels is not None else 1
+    fig, axes = pyplot().subplots(1, n_panels, figsize=(5 * n_panels, 4), squeeze=False)
+    sizes = np.bincount(assignment)
+    axes[0][0].bar(np.arange(len(sizes)), np.sort(sizes)[::-1], color="tab:blue")
+    axes[0][0].set(xlabel="cluster (largest first)", ylabel="images", title="cluster sizes")
+    if labels is not None:
+        k = int(max(assignment.max(), labels.max()) + 1)
+        m = np.zeros((k, k), dtype=np.int64)
+        np.add.at(m, (assignment, labels), 1)
+        from scipy.optimize import linear_sum_assignment
+
+        r, c = linear_sum_assignment(-m)
+        order = r[np.argsort(c)]  # cluster matched to class 0, 1, ...
+        ax = axes[0][1]
+        ax.imshow(m[order], cmap="Blues")
+        ax.set(
+            xlabel="class",
+            ylabel="cluster (matched to class)",
+            title=f"ACC {cluster_accuracy(labels, assignment):.3f}",
+        )
+    fig.suptitle(f"{what}, {len(assignment)} images of the shared subset", fontsize=9)
+    png = save_figure(fig, out / "chosen_trial.png")
+    return [png, png.with_suffix(".svg")]
 
 
 def trial_figures(rows: list[dict[str, Any]], metric: str, out: Path, name: str) -> list[Path]:
@@ -630,7 +762,12 @@ PAPER_EPOCHS, PAPER_WINDOW = 2000, 500
 
 def last_window(epochs: pd.DataFrame) -> pd.DataFrame:
     """Each trial's evaluations in its final window: epochs > last - 500 for runs of >= 2000 epochs, else the
-    last quarter of its evaluations (at least one)."""
+    last quarter of its evaluations (at least one). Under early stopping "last" is the last epoch every finished
+    trial reached, so that no window mixes budgets."""
+    if "status" in epochs and epochs["status"].eq("TERMINATED").any():
+        done = epochs[epochs["status"] == "TERMINATED"]
+        equal = done.groupby("trial_id")["epoch"].max().min()
+        epochs = epochs[epochs["epoch"] <= equal]
     parts = []
     for _, g in epochs.groupby("trial_id", sort=False):
         g = g.sort_values("epoch")

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tuneclust import metrics
+from tuneclust import criteria, metrics
 from tuneclust.data.registry import DATASETS, DataConfig, check_data
 from tuneclust.plan import merge
 from tuneclust.runtime import RuntimeConfig
@@ -196,6 +196,17 @@ class Objective(_Strict):
     """Default: the metric's natural direction (max for acc/nmi/ari/silhouette/CH, min for DB and losses)."""
 
 
+class EvaluationSpec(_Strict):
+    subset: int = Field(default=10_000, ge=10, le=1_000_000)
+    """Images of the evaluation subset shared by every trial (a seeded draw; all when the set is smaller): each
+    trial stores its cluster of each at every evaluation (``partitions/``), for the cross-trial criteria."""
+    embedding_points: int = Field(default=1000, ge=0, le=100_000)
+    """Of those, how many (the first) also have their embedding stored (float16), for ``pooled_silhouette``;
+    0 stores none."""
+    seed: int = Field(default=0, ge=0, lt=2**32)
+    """Seed of the subset draw."""
+
+
 class Resources(_Strict):
     cpu: float = Field(default=1, gt=0, le=1024)
     """CPUs per trial; the sweep checks before start that one node has this many."""
@@ -240,6 +251,7 @@ class Spec(_Strict):
     scheduler: SchedulerSpec = Fifo()
     objective: Objective = Objective()
     resources: Resources = Resources()
+    evaluation: EvaluationSpec = EvaluationSpec()
     runtime: RuntimeConfig = RuntimeConfig()
     """How each trial runs on its device (precision, channels_last, compile, TF32, cuDNN, MPS): tuneclust.runtime."""
     max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
@@ -497,13 +509,14 @@ def _check_semantics(spec: Spec, source: str) -> None:
             f"the sweep would run {trials} trials, more than max_trials ({spec.max_trials}); "
             "lower num_samples or the grid, or raise max_trials on purpose",
         )
-    known = set(metrics.LABELLED + metrics.LABEL_FREE + method.extra_metrics) | {"loss"}
+    known = set(metrics.LABELLED + metrics.LABEL_FREE + criteria.SELECTION + method.extra_metrics) | {"loss"}
     if spec.objective.metric not in known:
         raise SpecError(
             source,
             "objective.metric",
             f"unknown metric {short(spec.objective.metric)}; {one_of(spec.objective.metric, known)}",
         )
+    _check_selection_objective(spec, source)
     sched = spec.scheduler
     if getattr(sched, "max_t", None) and sched.max_t > spec.budget.epochs and sched.time_attr == "epoch":
         raise SpecError(source, "scheduler.max_t", f"must be <= budget.epochs ({spec.budget.epochs})")
@@ -534,6 +547,28 @@ def _check_semantics(spec: Spec, source: str) -> None:
             raise SpecError(source, "data.root" if spec.data.root else "data", str(e)) from None
 
 
+def _check_selection_objective(spec: Spec, source: str) -> None:
+    """A cross-trial objective needs what it compares: seeds for ``seed_agreement``; ``pooled_silhouette`` is
+    computed after the trials, so nothing may act on it while they run."""
+    metric = spec.objective.metric
+    if metric == "seed_agreement":
+        seeds = spec.search.get("seed")
+        if seeds is None or seeds.kind not in ("grid", "choice") or len(seeds.value) < 2:
+            raise SpecError(
+                source,
+                "objective.metric",
+                "seed_agreement compares the seeds of each setting: add a seed grid with at least 2 values "
+                "(search: {seed: {grid: [0, 1, 2]}})",
+            )
+    if metric in criteria.FINAL_ONLY and (spec.scheduler.type != "fifo" or spec.searcher.type == "optuna"):
+        raise SpecError(
+            source,
+            "objective.metric",
+            f"{metric} is computed after the trials end (final selection only): use scheduler fifo and "
+            "searcher grid or random, or an objective trials report (seed_agreement, consensus)",
+        )
+
+
 def smoke_spec(spec: Spec) -> Spec:
     """The ``--smoke`` version of a spec: the bundled digits, <=2 epochs, one value per search dimension,
     every ablation arm, CPU only, the method's ``smoke_overrides``; results under ``<name>-smoke``."""
@@ -562,6 +597,8 @@ def smoke_spec(spec: Spec) -> Spec:
         for k, d in spec.search.items()
         if k not in ("data.name", "data.root", "data.image_size", "data.num_classes")
     }
+    if spec.objective.metric == "seed_agreement":  # it compares seeds: keep two
+        raw["search"]["seed"] = {"grid": list(spec.search["seed"].value)[:2]}
     raw["num_samples"] = 1
     raw["resources"] = {"cpu": 1, "gpu": 0}
     sched = raw["scheduler"]

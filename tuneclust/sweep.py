@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import HyperBandScheduler
 
-from tuneclust import preflight, progress, report, runtime, tracking
+from tuneclust import answer, preflight, progress, report, runtime, tracking
 from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
 from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
@@ -269,7 +269,11 @@ class TrackingCallback(tune.Callback):
                 with tempfile.TemporaryDirectory() as tmp:
                     out = None if locate(self.sweep_dir).local else Path(tmp)
                     files = report.write_report(self.sweep_dir, out=out)
-                    mlf.sweep_summary(report.markdown_table(report.ranking(self.sweep_dir).head(20)), files)
+                    ans = report.sweep_answer(self.sweep_dir)
+                    ranking = report.markdown_table(report.ranking(self.sweep_dir).head(20))
+                    mlf.sweep_summary(ranking, files, answer.answer_markdown(ans) if ans else "")
+                    if ans is not None:
+                        mlf.log_metrics_parent(answer.answer_metrics(ans))
             unfinished = [t.trial_id for t in trials if t.trial_id not in self.tables.trials]
             for trial_id in unfinished:
                 mlf.end_trial(trial_id, "UNFINISHED")
@@ -409,7 +413,9 @@ def run_sweep(
     if not resume:
         (out / "spec.yaml").write_text(spec_text)
     trainable = tune.with_resources(
-        tune.with_parameters(ray_trainable, plan=SweepPlan.from_spec(spec), datasets=datasets),
+        tune.with_parameters(
+            ray_trainable, plan=SweepPlan.from_spec(spec), datasets=datasets, results=out.uri
+        ),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state: at most 5 s behind a crash

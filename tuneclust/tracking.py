@@ -228,9 +228,15 @@ class MlflowTracker:
         for path in figures:
             self.client.log_artifact(run_id, str(path), "figures")
 
-    def sweep_summary(self, ranking_markdown: str, files: list[Path]) -> None:
-        """On the parent run: the ranking appended to its description, and the report's files as artifacts."""
-        note = f"{self.note}\n\n## Ranking\n\n{ranking_markdown}" if self.note else ranking_markdown
+    def sweep_summary(self, ranking_markdown: str, files: list[Path], answer_markdown: str = "") -> None:
+        """On the parent run: the answer and the ranking appended to its description, and the report's files as
+        artifacts."""
+        ranking = (
+            f"## Answer\n\n{answer_markdown}\n\n## Ranking\n\n{ranking_markdown}"
+            if answer_markdown
+            else (f"## Ranking\n\n{ranking_markdown}")
+        )
+        note = f"{self.note}\n\n{ranking}" if self.note else ranking
         self.client.set_tag(self.parent, NOTE, note)
         for path in files:
             self.client.log_artifact(self.parent, str(path), "report")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuneclust import metrics
+from tuneclust import criteria, metrics, partitions
 from tuneclust.data.registry import DataConfig, Dataset, dataset_key, load_dataset
 from tuneclust.methods import get_method
 from tuneclust.plan import SweepPlan, TrialPlan
@@ -133,6 +133,17 @@ class TrialLoop:
         data = dataset if dataset is not None else load_dataset(DataConfig.model_validate(plan.data))
         self.labels = data.y
         self.num_classes = data.num_classes
+        ev = {"subset": 10_000, "embedding_points": 1000, "seed": 0, **plan.evaluation}
+        self.n = len(data.x)
+        self.subset = partitions.subset_index(self.n, ev["subset"], ev["seed"])
+        """Positions of the sweep's shared evaluation subset (the same in every trial)."""
+        self.embedding_points = min(int(ev["embedding_points"]), len(self.subset))
+        self._reference_images = data.x[self.subset[: criteria.REFERENCE_POINTS]].float().cpu().numpy()
+        self._reference: np.ndarray | None = None
+        self.partition: tuple[np.ndarray, np.ndarray | None] | None = None
+        self.subset_written = False
+        """(cluster of each subset image, float16 embedding of the first ``embedding_points``) of the last
+        evaluation."""
         runtime = _runtime(plan.runtime, device)
         self.method = cls(cfg, data.to(device), device, plan.epochs, runtime=runtime)
         self.runtime_tags: dict[str, str] = (
@@ -196,8 +207,23 @@ class TrialLoop:
         embed_s = time.perf_counter() - t0
         arrays = {"embedding": ev.embedding, **{f"view {k}": v for k, v in ev.views.items()}}
         m.check_finite({k: v for k, v in arrays.items() if v is not None}, "embedding", epoch=m.epoch)
-        out = metrics.score_evaluation(ev, self.labels, self.num_classes, self.n_init, self.seed, self.device)
+        assignment, kmeans_s = metrics.assign(ev, self.num_classes, self.n_init, self.seed, self.device)
+        out = metrics.score_evaluation(
+            ev, self.labels, self.num_classes, self.n_init, self.seed, self.device, assignment=assignment
+        )
+        out["eval_kmeans_s"] += kmeans_s
         out["eval_embed_s"] = embed_s
+        if len(assignment) == self.n:
+            own = assignment[self.subset]
+            emb = None
+            if ev.embedding is not None and self.embedding_points:
+                emb = np.asarray(ev.embedding)[self.subset[: self.embedding_points]].astype(np.float16)
+            self.partition = (own, emb)
+            if self._reference is None:  # the fixed reference space: PCA of the subset's images, once
+                self._reference = criteria.reference_space(self._reference_images)
+            out["reference_silhouette"] = criteria.reference_silhouette(
+                self._reference, own[: len(self._reference)]
+            )
         return out
 
     def run(self) -> Iterator[dict[str, float]]:
@@ -284,10 +310,34 @@ def superseded_line(path: str, chosen: str) -> str:
     )
 
 
-def ray_trainable(config: dict[str, Any], plan: SweepPlan, datasets: dict[str, Any] | None = None) -> None:
+def share_partition(loop: TrialLoop, results: str, trial_id: str, point: dict[str, Any], epoch: int) -> dict:
+    """Store the trial's partition of the shared subset at ``epoch`` in the sweep's folder ``results`` and return
+    its agreement with the partitions its peers stored there already (:func:`tuneclust.criteria.online`)."""
+    if loop.partition is None:
+        return {}
+    if not loop.subset_written:
+        partitions.write_subset(results, loop.subset, loop.labels, loop.n)
+        loop.subset_written = True
+    seed = int(point.get("seed", loop.seed))
+    own = partitions.Partition(
+        trial_id, epoch, loop.partition[0], loop.partition[1], partitions.setting_key(point), seed
+    )
+    partitions.write(results, own)
+    peers = partitions.read(results, epoch, embeddings=False, limit=criteria.ONLINE_PEERS)
+    return criteria.online(own, peers)
+
+
+def ray_trainable(
+    config: dict[str, Any],
+    plan: SweepPlan,
+    datasets: dict[str, Any] | None = None,
+    results: str | None = None,
+) -> None:
     """Ray Tune function trainable. ``config`` is the trial's point of the search space (plus ``arm``), as
     Ray holds it now (PBT mutates it); ``plan`` what every trial of the sweep shares; ``datasets`` the driver's
-    decoded datasets in Ray's object store (``dataset_key(data) -> ObjectRef``), used instead of loading here."""
+    decoded datasets in Ray's object store (``dataset_key(data) -> ObjectRef``), used instead of loading here;
+    ``results`` the sweep's folder (path or URI), where the trial stores its partitions
+    (:mod:`tuneclust.partitions`)."""
     import ray
     from ray import tune
 
@@ -295,7 +345,8 @@ def ray_trainable(config: dict[str, Any], plan: SweepPlan, datasets: dict[str, A
     device = select_device(trial.gpu, ray.get_gpu_ids() if trial.gpu > 0 else [])
     shared = (datasets or {}).get(dataset_key(trial.data))
     dataset = ray.get(shared) if shared is not None else None
-    loop = TrialLoop(trial, device, dataset=dataset, label=f"trial {tune.get_context().get_trial_id()}")
+    trial_id = tune.get_context().get_trial_id()
+    loop = TrialLoop(trial, device, dataset=dataset, label=f"trial {trial_id}")
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         source = available_checkpoint(checkpoint.filesystem, checkpoint.path)
@@ -306,6 +357,8 @@ def ray_trainable(config: dict[str, Any], plan: SweepPlan, datasets: dict[str, A
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
         loop.load(state)
     for result in loop.run():
+        if results:
+            result.update(share_partition(loop, results, trial_id, dict(config), int(result["epoch"])))
         with tempfile.TemporaryDirectory() as d:
             torch.save(loop.state(), Path(d) / STATE_FILE)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
