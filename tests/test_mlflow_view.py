@@ -223,7 +223,8 @@ def test_quickstart_prints_at_most_40_lines(tmp_path):
     assert not any("Token authentication" in ln or "tensorboard" in ln.lower() or "╭" in ln for ln in out)
     assert out[-2].startswith("MLflow:  mlflow ui --backend-store-uri sqlite:///")
     assert out[-1].startswith("         this sweep's runs: http://127.0.0.1:5000/#/experiments/")
-    assert any(ln.startswith("[") and "8/8 done" in ln for ln in out)
+    assert any(ln.startswith("[") and "12/12 done" in ln for ln in out)
+    assert any(ln.startswith("settings ranked by acc (max) at ") for ln in out)  # the answer, seeds pooled
     assert Path(tmp_path / "runs" / "quickstart" / "trials.parquet").exists()
 
 

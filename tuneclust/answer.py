@@ -308,21 +308,27 @@ def answer(
     return Answer(metric, mode, cols, vs, table, gap, trust_table(main.trials), imp, full_table)
 
 
-def answer_text(ans: Answer, top: int = 10) -> str:
+def answer_text(ans: Answer, top: int = 10, compact: bool = False) -> str:
     """The answer in a few lines: the settings table at the compared budget, the best-vs-runner-up verdict,
-    the survivors at the full budget, parameter importance and, with labels, the trust table."""
+    the survivors at the full budget, parameter importance and, with labels, the trust table. ``compact`` (the
+    sweep's end summary): at most 5 settings and 3 survivors, and the trust table without CH and DB."""
+    survivors = 3 if compact else top
+    top = min(top, 5) if compact else top
     lines = [f"settings ranked by {ans.metric} ({ans.mode}) at {ans.view.label}:"]
     lines.append(_fmt(settings_display(ans.settings).head(top)))
     lines.append(gap_text(ans.gap, ans.metric))
     if ans.full_settings is not None and not ans.full_settings.empty:
         lines.append(f"survivors at {ans.views[1].label}:")
-        lines.append(_fmt(settings_display(ans.full_settings).head(top)))
+        lines.append(_fmt(settings_display(ans.full_settings).head(survivors)))
     if ans.importance:
         imp = ", ".join(f"{readable_param(k)} {v:.2f}" for k, v in ans.importance.items())
         lines.append(f"parameter importance (fANOVA, {ans.metric}; the seed's share is noise): {imp}")
     if ans.trust is not None:
+        trust = ans.trust
+        if compact:
+            trust = trust[trust["criterion"].isin([*criteria.SELECTION, "silhouette"])]
         lines.append("can label-free selection be trusted here? (Spearman with ACC across settings)")
-        lines.append(_fmt(ans.trust))
+        lines.append(_fmt(trust))
     return "\n".join(lines)
 
 

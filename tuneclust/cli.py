@@ -258,11 +258,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         print(mps_line("detect", spec.resources.gpu))
     try:
-        print(report.ranking_text(out, top=10))
+        ans = report.sweep_answer(out)
+        if ans is not None:
+            from tuneclust.answer import answer_text
+
+            print(answer_text(ans, compact=True))
     except FileNotFoundError:
         pass
     print(f"results: {out / 'trials.parquet'}, {out / 'epochs.parquet'}")
-    print(f"report:  python -m tuneclust report {out}")
+    print(f"report:  python -m tuneclust report {out}   (and the trials' ranking)")
     ui = mlflow_ui_command(spec, out)
     if ui:
         print(ui)
@@ -406,7 +410,7 @@ def config_reference(method: str) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from tuneclust import metrics
+    from tuneclust import criteria, metrics
     from tuneclust.data.registry import DATASETS
     from tuneclust.methods import METHODS, get_method
     from tuneclust.spec import DISTRIBUTIONS, SCHEDULERS, SEARCHERS
@@ -430,5 +434,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"search distributions: {', '.join(DISTRIBUTIONS)}")
     print(
         f"metrics: {', '.join(metrics.LABELLED + metrics.LABEL_FREE)}, loss, and each method's extra metrics"
+    )
+    print(
+        f"label-free criteria across trials: {', '.join(criteria.SELECTION)} "
+        f"(default label-free objective: {criteria.DEFAULT})"
     )
     return 0
