@@ -181,3 +181,17 @@ def test_cross_trial_objectives_are_checked_at_validation():
     with pytest.raises(SpecError, match="final selection only"):
         validate_spec({**base, "objective": {"metric": "pooled_silhouette"}, "scheduler": {"type": "asha"}})
     assert validate_spec({**base, "objective": {"metric": "pooled_silhouette"}}).objective.metric
+
+
+def test_analysis_tables_hold_values_at_the_equal_budget_and_figures_say_so():
+    from tuneclust import report
+
+    curves = {(1.0, s): [0.5, 0.6, 0.9] for s in range(2)}
+    curves.update({(0.1, s): [0.6, 0.65, 0.7] for s in range(2)})
+    trials, epochs = _tables(curves, {(1.0, 0): 1})
+    at = report.at_equal_budget(trials, epochs)
+    assert (at["final.acc"] == [0.5, 0.5, 0.6, 0.6]).all()  # epoch 1 for every trial, not 0.9 for survivors
+    assert at["stopped"].tolist() == [True, False, False, False] and at.attrs["budget_epoch"] == 1
+    assert report.statistic(at, ["config.tau"]) == "mean ± std over 2 seeds, at epoch 1 (equal budget)"
+    full, _ = _tables(curves, {})
+    assert report.at_equal_budget(full, epochs) is full  # no early stopping: unchanged

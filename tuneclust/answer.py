@@ -17,6 +17,7 @@ Statistics only (no plotting): :func:`answer` reads a sweep's tables, stored spe
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -291,7 +292,10 @@ def answer(
     if not vs:
         return None
     if sweep_dir is not None:
-        vs = [add_cross_trial(v, sweep_dir) for v in vs]
+        try:
+            vs = [add_cross_trial(v, sweep_dir) for v in vs]
+        except OSError as e:  # partitions unreadable: the answer without the cross-trial criteria
+            print(f"warning: partitions of {sweep_dir} not read: {e}", file=sys.stderr)
     main = vs[0]
     table = settings_table(main.trials, cols, metric, mode)
     gap = {}
@@ -299,11 +303,12 @@ def answer(
         gap = paired_gap(main.trials, metric, mode, table["setting"][0], table["setting"][1])
     params = [*cols, SEED] if SEED in main.trials else cols
     params = [p for p in params if p != "arm"] + (["arm"] if "arm" in cols else [])
-    imp = (
-        importance(main.trials, params, metric, mode, log_scaled(spec, trials))
-        if metric in main.trials
-        else {}
-    )
+    imp = {}
+    if metric in main.trials:
+        try:
+            imp = importance(main.trials, params, metric, mode, log_scaled(spec, trials))
+        except Exception as e:  # noqa: BLE001 (importance is a summary: never lose the answer over it)
+            print(f"warning: parameter importance not computed: {type(e).__name__}: {e}", file=sys.stderr)
     full_table = settings_table(vs[1].trials, cols, metric, mode) if len(vs) > 1 else None
     return Answer(metric, mode, cols, vs, table, gap, trust_table(main.trials), imp, full_table)
 

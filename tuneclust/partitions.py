@@ -8,8 +8,9 @@ another trial's space (:mod:`tuneclust.criteria`), and a confusion matrix of the
 Layout under ``<sweep>/partitions/``::
 
     subset.npz                       index (sorted positions in the evaluation set), labels (if any), n
-    epoch_000015/<trial_id>.npz      assignment (int32 over the subset), embedding (float16, first rows),
-                                     setting (the trial's searched values without the seed, canonical JSON), seed
+    epoch_000015/<trial_id>.npz      assignment (int32 over the subset), setting (the trial's searched values
+                                     without the seed, canonical JSON), seed
+    epoch_000015/<trial_id>.emb.npz  embedding (float16, the first ``embedding_points`` subset images)
 
 Sizes: 4 bytes per subset image (10,000 images: 40 KB) plus 2 x d bytes per embedded point (1,000 points of a
 128-d embedding: 256 KB) per trial and evaluation. A partition is written once per (trial, epoch); a trial
@@ -30,6 +31,7 @@ from tuneclust.storage import Location, locate
 
 DIR = "partitions"
 SUBSET_FILE = "subset.npz"
+EMB = ".emb.npz"
 _EPOCH_DIR = re.compile(r"epoch_(\d+)$")
 
 
@@ -92,14 +94,16 @@ def read_subset(sweep_dir: Location | str) -> dict[str, np.ndarray] | None:
 
 
 def write(sweep_dir: Location | str, p: Partition) -> None:
-    arrays: dict[str, Any] = {
+    """Store one partition (its embedding in a file of its own, so that agreement reads only the labels)."""
+    folder = _epoch_dir(locate(sweep_dir), p.epoch)
+    if p.embedding is not None:
+        (folder / f"{p.trial_id}{EMB}").write_bytes(_npz({"embedding": p.embedding.astype(np.float16)}))
+    arrays = {
         "assignment": p.assignment.astype(np.int32),
         "setting": np.array(p.setting),
         "seed": np.int64(p.seed),
     }
-    if p.embedding is not None:
-        arrays["embedding"] = p.embedding.astype(np.float16)
-    (_epoch_dir(locate(sweep_dir), p.epoch) / f"{p.trial_id}.npz").write_bytes(_npz(arrays))
+    (folder / f"{p.trial_id}.npz").write_bytes(_npz(arrays))
 
 
 def read(
@@ -111,9 +115,11 @@ def read(
 ) -> dict[str, Partition]:
     """The partitions stored at ``epoch`` (``trial_id -> Partition``), only of ``trials`` if given, at most
     ``limit`` of them (the first by trial id). Unreadable files (a write in progress elsewhere) are skipped."""
-    files = _epoch_dir(locate(sweep_dir), epoch).files(".npz")
+    folder = _epoch_dir(locate(sweep_dir), epoch)
     out: dict[str, Partition] = {}
-    for loc in files:
+    for loc in folder.files(".npz"):
+        if loc.name.endswith(EMB):
+            continue
         tid = loc.name[: -len(".npz")]
         if trials is not None and tid not in trials:
             continue
@@ -121,9 +127,11 @@ def read(
             break
         try:
             z = _load(loc)
-        except (OSError, ValueError, EOFError):
+            emb = None
+            if embeddings and (folder / f"{tid}{EMB}").exists():
+                emb = _load(folder / f"{tid}{EMB}")["embedding"]
+        except (OSError, ValueError, EOFError, KeyError):
             continue
-        emb = z.get("embedding") if embeddings else None
         out[tid] = Partition(tid, epoch, z["assignment"], emb, str(z["setting"]), int(z["seed"]))
     return out
 

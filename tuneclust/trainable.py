@@ -315,15 +315,19 @@ def share_partition(loop: TrialLoop, results: str, trial_id: str, point: dict[st
     its agreement with the partitions its peers stored there already (:func:`tuneclust.criteria.online`)."""
     if loop.partition is None:
         return {}
-    if not loop.subset_written:
-        partitions.write_subset(results, loop.subset, loop.labels, loop.n)
-        loop.subset_written = True
     seed = int(point.get("seed", loop.seed))
     own = partitions.Partition(
         trial_id, epoch, loop.partition[0], loop.partition[1], partitions.setting_key(point), seed
     )
-    partitions.write(results, own)
-    peers = partitions.read(results, epoch, embeddings=False, limit=criteria.ONLINE_PEERS)
+    try:
+        if not loop.subset_written:
+            partitions.write_subset(results, loop.subset, loop.labels, loop.n)
+            loop.subset_written = True
+        partitions.write(results, own)
+        peers = partitions.read(results, epoch, embeddings=False, limit=criteria.ONLINE_PEERS)
+    except OSError as e:  # storage unreachable: the trial trains on; its criteria are missing for this epoch
+        print(f"warning: trial {trial_id}: partition of epoch {epoch} not stored: {e}", file=sys.stderr)
+        return dict.fromkeys(criteria.ONLINE, float("nan"))
     return criteria.online(own, peers)
 
 
