@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -110,19 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = run(args)
     print(table)
     if args.record:
-        cpu = platform.processor() or platform.machine()
-        try:
-            cpu = next(
-                ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")
-            )
-        except (OSError, StopIteration):
-            pass
+        from throughput import cpu_model  # benchmarks/throughput.py: the one /proc/cpuinfo reader
+
+        cmd = "python benchmarks/kmeans_restarts.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         with RESULTS.open("a") as f:
             f.write(
-                f"\n## k-means restarts vs rounding ({datetime.date.today()})\n\n"
-                f"Machine: {cpu}, {len(__import__('os').sched_getaffinity(0))} cores. "
-                f"Command: `python benchmarks/kmeans_restarts.py {' '.join(sys.argv[1:])}` "
-                f"({time.perf_counter() - t0:.0f} s).\n\n{table}\n"
+                f"\n## k-means restarts vs rounding ({when})\n\n"
+                f"- Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}.\n"
+                f"- Command: `{cmd}`\n- Wall time: {(time.perf_counter() - t0) / 60:.1f} min.\n\n{table}\n"
             )
     return 0
 
