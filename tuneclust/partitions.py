@@ -127,8 +127,8 @@ def read(
             break
         try:
             z = _load(loc)
-            emb = None
-            if embeddings and (folder / f"{tid}{EMB}").exists():
+            emb = z.get("embedding") if embeddings else None  # stored beside the labels before 2026-12-06
+            if embeddings and emb is None and (folder / f"{tid}{EMB}").exists():
                 emb = _load(folder / f"{tid}{EMB}")["embedding"]
         except (OSError, ValueError, EOFError, KeyError):
             continue
