@@ -43,7 +43,6 @@ import dataclasses
 import math
 import multiprocessing as mp
 import os
-import platform
 import shlex
 import signal
 import sys
@@ -528,17 +527,11 @@ def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
 
 
 def machine() -> str:
-    """One line describing where the benchmark ran."""
-    import torch
-
+    """One line describing where the benchmark ran (benchmarks/throughput.py's)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from throughput import cpu_model  # benchmarks/throughput.py: the one /proc/cpuinfo reader
+    import throughput
 
-    return (
-        f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()}), "
-        f"{platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
+    return throughput.machine()
 
 
 def runtimes_line(outcomes: Sequence[Outcome]) -> str:

@@ -375,6 +375,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def machine() -> str:
+    """One line describing where a benchmark ran (host, cores, CPU model, OS, Python, torch)."""
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()}), "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
 def machine_lines(device: torch.device) -> list[str]:
     """Markdown bullet lines describing where the numbers were taken."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none used"
