@@ -266,7 +266,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         pass
     print(f"results: {out / 'trials.parquet'}, {out / 'epochs.parquet'}")
-    print(f"report:  python -m tuneclust report {out}   (and the trials' ranking)")
+    print(f"report:  python -m tuneclust report {out}")
     ui = mlflow_ui_command(spec, out)
     if ui:
         print(ui)
