@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -49,3 +54,21 @@ def write_spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+@contextlib.contextmanager
+def benchmark_script(name: str, module: str | None = None) -> Iterator[ModuleType]:
+    """``benchmarks/<name>.py`` imported as the module ``module`` (default ``name``); benchmarks/ is not a package,
+    so its folder is put on ``sys.path`` (spawned workers import the script by name) and taken off afterwards."""
+    path = ROOT / "benchmarks" / f"{name}.py"
+    module = module or name
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(module, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[module] = mod
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop(module, None)
+        sys.path.remove(str(path.parent))

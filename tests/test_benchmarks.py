@@ -4,29 +4,22 @@ CPU-only, offline, a few seconds."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 
 
 @pytest.fixture(scope="module")
 def throughput():
-    """The script as a module named ``throughput`` (benchmarks/ is not a package)."""
-    sys.path.insert(0, str(SCRIPT.parent))  # lets spawn/forkserver DataLoader workers import it too
-    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["throughput"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("throughput", None)
-    sys.path.remove(str(SCRIPT.parent))
+    """benchmarks/throughput.py as a module (DataLoader workers import it too)."""
+    with benchmark_script("throughput") as module:
+        yield module
 
 
 @pytest.fixture
@@ -59,21 +52,12 @@ def test_epoch_size_matches_idfd_batches(throughput) -> None:
 def test_kmeans_restarts_quick_prints_one_row_per_n_init(capsys) -> None:
     """benchmarks/kmeans_restarts.py --quick: trains 2 tiny trials, clusters each embedding as trained and nudged
     one ulp; one table row per n_init with std values in [0, 0.5]."""
-    path = SCRIPT.parent / "kmeans_restarts.py"
-    sys.path.insert(0, str(SCRIPT.parent))  # the spawned pool workers import it by name
-    try:
-        spec = importlib.util.spec_from_file_location("kmeans_restarts", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["kmeans_restarts"] = module
-        spec.loader.exec_module(module)
+    with benchmark_script("kmeans_restarts") as module:  # the spawned pool workers import it by name
         x = np.array([1.0, -2.0, 0.0], dtype=np.float32)
         nudged = module.nudge(x)
         assert nudged[2] == 0 and (np.abs(nudged[:2]) > np.abs(x[:2])).all()
         assert (np.nextafter(nudged[:2], np.float32(0)) == x[:2]).all()  # exactly one ulp
         assert module.main(["--quick", "--n-init", "1", "3"]) == 0
-    finally:
-        sys.modules.pop("kmeans_restarts", None)
-        sys.path.remove(str(SCRIPT.parent))
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
     assert [r.split("|")[1].strip() for r in rows] == ["1", "3"]
     for r in rows:

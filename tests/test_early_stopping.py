@@ -5,29 +5,22 @@ against the returned rows and the regret arithmetic against the grid's ACC."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "early_stopping.py"
 
 
 @pytest.fixture(scope="module")
 def es():
-    """The script as a module named ``early_stopping`` (benchmarks/ is not a package)."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("early_stopping", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["early_stopping"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("early_stopping", None)
-    sys.path.remove(str(SCRIPT.parent))
+    """benchmarks/early_stopping.py as a module."""
+    with benchmark_script("early_stopping") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +76,9 @@ def test_table_on_fixed_rows(es):
 def test_quick_rows_shares_and_regret(es, quick):
     result, out = quick
     rows, acc = result["rows"], result["grid_acc"]
-    expected = {(o, s) for o in ("acc", "consensus") for s in (es.GRID, *es.SCHEDULERS)}  # the default objectives
+    expected = {
+        (o, s) for o in ("acc", "consensus") for s in (es.GRID, *es.SCHEDULERS)
+    }  # the default objectives
     assert {(r["objective"], r["scheduler"]) for r in rows} == expected and len(rows) == len(expected)
     assert sorted(acc) == ["tau=0.1", "tau=5"] and all(v["n"] == 2 for v in acc.values())
     best = max(v["mean"] for v in acc.values())

@@ -4,7 +4,6 @@ of all four methods on a digits subset, in a process pool), checking the table's
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import re
 import sys
@@ -12,21 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
 
 
 @pytest.fixture(scope="module")
 def fidelity():
-    """The script as a module named ``fidelity`` (benchmarks/ is not a package; spawned workers import it)."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("fidelity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fidelity"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("fidelity", None)
-    sys.path.remove(str(SCRIPT.parent))
+    """benchmarks/fidelity.py as a module (spawned workers import it by name)."""
+    with benchmark_script("fidelity") as module:
+        yield module
 
 
 def test_verdict_thresholds(fidelity):

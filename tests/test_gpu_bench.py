@@ -6,25 +6,21 @@ processes (about a minute on an idle 2-core machine, several under load).
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_bench"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("gpu_bench", None)
+    """benchmarks/gpu.py as the module ``gpu_bench``."""
+    with benchmark_script("gpu", "gpu_bench") as module:
+        yield module
 
 
 def test_peak_table_is_only_for_known_gpus(gpu_bench) -> None:
