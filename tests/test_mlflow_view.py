@@ -80,6 +80,12 @@ def test_parent_holds_config_search_space_and_description(swept):
     note = client.get_run(parent.info.run_id).data.tags[NOTE]
     assert "**view**: idfd on digits, 4 trials" in note
     assert "Smith & Doe, Journal 2031, Table 9" in note and "Second line of the header." in note
+    answer = note.split("## Answer", 1)[1].split("## Ranking", 1)[0]  # settings at equal budget, then trials
+    assert "Settings ranked by `acc` at **full budget: epoch 2, 4 trials**" in answer
+    assert (
+        parent.data.metrics["answer.budget_epoch"] == 2
+    )  # the answer's numbers, logged when the sweep ended
+    assert {"trust.consensus.spearman", "trust.silhouette.regret"} <= set(parent.data.metrics)
     ranking = note.split("## Ranking", 1)[1].strip().splitlines()
     assert ranking[0].startswith("| trial_id | arm | tau |") and ranking[1].startswith("|---|")
     assert len(ranking) == 2 + 4  # header, rule, one row per trial

@@ -264,6 +264,7 @@ class TrackingCallback(tune.Callback):
         counts = outcome(self.tables.trials, total)
         mlf = self._live.get("mlflow")
         if mlf is not None:
+            ans = None
             if tracking.has_tables(self.sweep_dir):
                 # beside the tables when they are local; on object storage only as MLflow artifacts (a temp folder)
                 with tempfile.TemporaryDirectory() as tmp:
@@ -272,14 +273,14 @@ class TrackingCallback(tune.Callback):
                     ans = report.sweep_answer(self.sweep_dir)
                     ranking = report.markdown_table(report.ranking(self.sweep_dir).head(20))
                     mlf.sweep_summary(ranking, files, answer.answer_markdown(ans) if ans else "")
-                    if ans is not None:
-                        mlf.log_metrics_parent(answer.answer_metrics(ans))
             unfinished = [t.trial_id for t in trials if t.trial_id not in self.tables.trials]
             for trial_id in unfinished:
                 mlf.end_trial(trial_id, "UNFINISHED")
             if counts["unfinished"]:
                 mlf.end({}, "KILLED")
-            else:
+            else:  # the answer's numbers as metrics once, when every trial has ended (a resumed sweep too)
+                if ans is not None:
+                    mlf.log_metrics_parent(answer.answer_metrics(ans))
                 mlf.end(
                     {"trials": total, "trials_errored": counts["errored"]},
                     "FINISHED" if counts["terminated"] else "FAILED",
