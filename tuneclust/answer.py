@@ -92,11 +92,22 @@ def setting_columns(trials: pd.DataFrame, search_keys: list[str]) -> list[str]:
     return cols
 
 
+def rows_at(epochs: pd.DataFrame, epoch: int) -> pd.DataFrame:
+    """Each trial's evaluation at ``epoch`` (index ``trial_id``; the last one if it was reported twice)."""
+    at = epochs[epochs["epoch"] == epoch] if "epoch" in epochs else epochs.iloc[0:0]
+    return at.drop_duplicates("trial_id", keep="last").set_index("trial_id")
+
+
+def equal_budget_epoch(trials: pd.DataFrame) -> int | None:
+    """The last evaluation every finished trial reached (None when none finished)."""
+    done = finished(trials)
+    return int(done["epochs_run"].min()) if "epochs_run" in done and not done.empty else None
+
+
 def values_at(trials: pd.DataFrame, epochs: pd.DataFrame, epoch: int) -> pd.DataFrame:
     """The trials that reached ``epoch``, with each metric's value at that epoch (from ``epochs``)."""
-    at = epochs[epochs["epoch"] == epoch] if "epoch" in epochs else epochs.iloc[0:0]
-    metrics = [c for c in at.columns if c not in trials.columns and c != "trial_id"]
-    at = at.drop_duplicates("trial_id", keep="last").set_index("trial_id")[metrics]
+    at = rows_at(epochs, epoch)
+    at = at[[c for c in at.columns if c not in trials.columns]]
     out = trials[trials["trial_id"].isin(at.index)].copy()
     return out.join(at, on="trial_id")
 
@@ -112,7 +123,7 @@ def views(trials: pd.DataFrame, epochs: pd.DataFrame, full: int, cols: list[str]
         return []
     done = done.assign(stopped=done["epochs_run"].astype(int) < full)
     done = done.assign(setting=[setting_label(r, cols) for _, r in done.iterrows()])
-    equal = int(done["epochs_run"].min())
+    equal = equal_budget_epoch(done)
     out = [
         View(
             equal, "equal budget" if done["stopped"].any() else "full budget", values_at(done, epochs, equal)
@@ -363,41 +374,6 @@ def settings_display(table: pd.DataFrame) -> pd.DataFrame:
 def _fmt(df: pd.DataFrame) -> str:
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         return df.to_string(index=False)
-
-
-def _md(df: pd.DataFrame) -> str:
-    def cell(v: Any) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    head = "| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns)
-    return head + "".join(
-        "\n| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)
-    )
-
-
-def answer_markdown(ans: Answer, top: int = 20) -> str:
-    """The answer for the MLflow parent's description: the settings, the verdict, importance, trust."""
-    parts = [
-        f"Settings ranked by `{ans.metric}` at **{ans.view.label}**:",
-        _md(settings_display(ans.settings).head(top)),
-    ]
-    parts.append(gap_text(ans.gap, ans.metric))
-    if ans.full_settings is not None and not ans.full_settings.empty:
-        parts += [
-            f"Survivors at **{ans.views[1].label}**:",
-            _md(settings_display(ans.full_settings).head(top)),
-        ]
-    if ans.importance:
-        parts.append(
-            "Parameter importance (fANOVA; the seed's share is noise): "
-            + ", ".join(f"{readable_param(k)} {v:.2f}" for k, v in ans.importance.items())
-        )
-    if ans.trust is not None:
-        parts += [
-            "Can label-free selection be trusted here (Spearman with ACC across settings)?",
-            _md(ans.trust),
-        ]
-    return "\n\n".join(parts)
 
 
 def answer_metrics(ans: Answer) -> dict[str, float]:

@@ -29,6 +29,10 @@ import numpy as np
 
 from tuneclust.storage import Location, locate
 
+SUBSET = 10_000
+"""Default ``evaluation.subset``: images of the shared subset."""
+EMBEDDING_POINTS = 1000
+"""Default ``evaluation.embedding_points``: subset images whose embedding is stored too."""
 DIR = "partitions"
 SUBSET_FILE = "subset.npz"
 EMB = ".emb.npz"

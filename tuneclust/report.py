@@ -138,11 +138,13 @@ def at_equal_budget(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     values are replaced by its values at the last evaluation all of them reached, so that no comparison mixes
     budgets; ``budget_epoch`` and ``stopped`` say so (also ``attrs["budget_epoch"]``, which :func:`statistic`
     names in every figure). A sweep without early stopping is returned unchanged."""
+    from tuneclust.answer import equal_budget_epoch, rows_at
+
     done = trials["status"] == "TERMINATED" if "status" in trials else pd.Series(True, index=trials.index)
     if "epochs_run" not in trials or trials.loc[done, "epochs_run"].nunique() < 2 or epochs.empty:
         return trials
-    at = int(trials.loc[done, "epochs_run"].min())
-    rows = epochs[epochs["epoch"] == at].drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    at = equal_budget_epoch(trials)
+    rows = rows_at(epochs, at)
     out = trials.copy()
     out["stopped"] = done & (out["epochs_run"] < out.loc[done, "epochs_run"].max())
     for col in [c for c in out.columns if c.startswith("final.")]:
@@ -397,16 +399,12 @@ def metric_column(metric: str) -> str:
     return f"final.{metric}"
 
 
-def equal_budget_epoch(trials: pd.DataFrame) -> int | None:
-    """The last evaluation every finished trial reached (None when none finished)."""
-    done = trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
-    return int(done["epochs_run"].min()) if "epochs_run" in done and not done.empty else None
-
-
 def ranking(sweep_dir: str | Path, metric: str | None = None) -> pd.DataFrame:
     """Trials ranked by the objective at the equal budget (the last evaluation every finished trial reached;
     ``<metric>@<epoch>``), then errored trials; ``stopped`` marks a trial an early-stopping scheduler ended
     before the full budget. The settings' ranking (seeds pooled) is :func:`tuneclust.answer.answer`'s."""
+    from tuneclust.answer import equal_budget_epoch, rows_at
+
     trials, epochs = load_results(sweep_dir)
     obj, mode = objective(sweep_dir)
     metric = metric or obj
@@ -420,8 +418,7 @@ def ranking(sweep_dir: str | Path, metric: str | None = None) -> pd.DataFrame:
     at = equal_budget_epoch(trials)
     at_col = f"{metric}@{at}" if at is not None else None
     if at is not None and not epochs.empty and metric in epochs:
-        rows = epochs[epochs["epoch"] == at].drop_duplicates("trial_id", keep="last").set_index("trial_id")
-        trials[at_col] = trials["trial_id"].map(rows[metric])
+        trials[at_col] = trials["trial_id"].map(rows_at(epochs, at)[metric])
     keep = ["trial_id", "arm", *params, "status", "epochs_run", "stopped", at_col, col]
     for extra in ("final.acc", "final.nmi", "final.ari", "final.silhouette"):
         if extra in trials and extra not in keep:
@@ -462,14 +459,41 @@ def sweep_answer(sweep_dir: str | Path | Location, metric: str | None = None):
     return answer(trials, epochs, load_spec_dict(sweep_dir), sweep_dir, metric)
 
 
+def answer_markdown(ans: Any, top: int = 20) -> str:
+    """The answer for the MLflow parent's description: the settings, the verdict, importance, trust."""
+    from tuneclust.answer import gap_text, readable_param, settings_display
+
+    parts = [
+        f"Settings ranked by `{ans.metric}` at **{ans.view.label}**:",
+        markdown_table(settings_display(ans.settings).head(top), 3),
+        gap_text(ans.gap, ans.metric),
+    ]
+    if ans.full_settings is not None and not ans.full_settings.empty:
+        parts += [
+            f"Survivors at **{ans.views[1].label}**:",
+            markdown_table(settings_display(ans.full_settings).head(top), 3),
+        ]
+    if ans.importance:
+        parts.append(
+            "Parameter importance (fANOVA; the seed's share is noise): "
+            + ", ".join(f"{readable_param(k)} {v:.2f}" for k, v in ans.importance.items())
+        )
+    if ans.trust is not None:
+        parts += [
+            "Can label-free selection be trusted here (Spearman with ACC across settings)?",
+            markdown_table(ans.trust, 3),
+        ]
+    return "\n\n".join(parts)
+
+
 def write_report(
-    sweep_dir: str | Path, metric: str | None = None, out: str | Path | None = None
+    sweep_dir: str | Path, metric: str | None = None, out: str | Path | None = None, ans: Any = None
 ) -> list[Path]:
     """The answer (``answer.md``; settings ranked at equal budget with seed intervals, the survivors at the full
     budget, ``trust`` and ``importance`` tables), the trials' ranking, one metric-vs-parameter plot per searched
     parameter at the stated epoch, an ablation table if arms, and the chosen trial's confusion matrix and
-    cluster sizes from its stored partition."""
-    from tuneclust.answer import answer_text, settings_display
+    cluster sizes from its stored partition. ``ans``: the sweep's answer if the caller has it already."""
+    from tuneclust.answer import answer_text, log_scaled, settings_display
 
     here = locate(sweep_dir)
     if out is None:  # next to the tables; a sweep on object storage reports into ./<name>-report
@@ -477,7 +501,7 @@ def write_report(
     out = Path(out)
     metric = metric or objective(sweep_dir)[0]
     written = write_table(ranking(sweep_dir, metric), out / "ranking")
-    ans = sweep_answer(sweep_dir, metric)
+    ans = ans if ans is not None else sweep_answer(sweep_dir, metric)
     if ans is None:
         return written
     out.mkdir(parents=True, exist_ok=True)
@@ -491,8 +515,6 @@ def write_report(
     if ans.importance:
         imp = pd.DataFrame({"parameter": list(ans.importance), "importance": list(ans.importance.values())})
         written += write_table(imp, out / "importance")
-    from tuneclust.answer import log_scaled
-
     spec = load_spec_dict(sweep_dir)
     params = [p for p in searched_params(sweep_dir, load_results(sweep_dir)[0]) if p != f"{CONFIG}seed"]
     for view in ans.views:

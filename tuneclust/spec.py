@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tuneclust import criteria, metrics
+from tuneclust import criteria, metrics, partitions
 from tuneclust.data.registry import DATASETS, DataConfig, check_data
 from tuneclust.plan import merge
 from tuneclust.runtime import RuntimeConfig
@@ -197,10 +197,10 @@ class Objective(_Strict):
 
 
 class EvaluationSpec(_Strict):
-    subset: int = Field(default=10_000, ge=10, le=1_000_000)
+    subset: int = Field(default=partitions.SUBSET, ge=10, le=1_000_000)
     """Images of the evaluation subset shared by every trial (a seeded draw; all when the set is smaller): each
     trial stores its cluster of each at every evaluation (``partitions/``), for the cross-trial criteria."""
-    embedding_points: int = Field(default=1000, ge=0, le=100_000)
+    embedding_points: int = Field(default=partitions.EMBEDDING_POINTS, ge=0, le=100_000)
     """Of those, how many (the first) also have their embedding stored (float16), for ``pooled_silhouette``;
     0 stores none."""
     seed: int = Field(default=0, ge=0, lt=2**32)

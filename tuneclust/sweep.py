@@ -269,10 +269,10 @@ class TrackingCallback(tune.Callback):
                 # beside the tables when they are local; on object storage only as MLflow artifacts (a temp folder)
                 with tempfile.TemporaryDirectory() as tmp:
                     out = None if locate(self.sweep_dir).local else Path(tmp)
-                    files = report.write_report(self.sweep_dir, out=out)
-                    ans = report.sweep_answer(self.sweep_dir)
+                    ans = report.sweep_answer(self.sweep_dir)  # computed once: the cross-trial criteria cost
+                    files = report.write_report(self.sweep_dir, out=out, ans=ans)
                     ranking = report.markdown_table(report.ranking(self.sweep_dir).head(20))
-                    mlf.sweep_summary(ranking, files, answer.answer_markdown(ans) if ans else "")
+                    mlf.sweep_summary(ranking, files, report.answer_markdown(ans) if ans else "")
             unfinished = [t.trial_id for t in trials if t.trial_id not in self.tables.trials]
             for trial_id in unfinished:
                 mlf.end_trial(trial_id, "UNFINISHED")

@@ -133,7 +133,8 @@ class TrialLoop:
         data = dataset if dataset is not None else load_dataset(DataConfig.model_validate(plan.data))
         self.labels = data.y
         self.num_classes = data.num_classes
-        ev = {"subset": 10_000, "embedding_points": 1000, "seed": 0, **plan.evaluation}
+        ev = {"subset": partitions.SUBSET, "embedding_points": partitions.EMBEDDING_POINTS, "seed": 0}
+        ev.update(plan.evaluation)
         self.n = len(data.x)
         self.subset = partitions.subset_index(self.n, ev["subset"], ev["seed"])
         """Positions of the sweep's shared evaluation subset (the same in every trial)."""
@@ -141,9 +142,9 @@ class TrialLoop:
         self._reference_images = data.x[self.subset[: criteria.REFERENCE_POINTS]].float().cpu().numpy()
         self._reference: np.ndarray | None = None
         self.partition: tuple[np.ndarray, np.ndarray | None] | None = None
-        self.subset_written = False
         """(cluster of each subset image, float16 embedding of the first ``embedding_points``) of the last
         evaluation."""
+        self.subset_written = False
         runtime = _runtime(plan.runtime, device)
         self.method = cls(cfg, data.to(device), device, plan.epochs, runtime=runtime)
         self.runtime_tags: dict[str, str] = (
