@@ -245,7 +245,7 @@ def test_ctrl_c_ends_honestly_and_resume_completes(tmp_path):
 
 
 def test_error_line_is_the_exception_not_its_last_line():
-    from tuneclust.sweep import error_line
+    from tuneclust.raycompat import error_line
 
     text = """Failure # 1 (occurred at 2026-11-23_21-00-00)
 ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1, actor_id=x)

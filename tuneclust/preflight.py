@@ -18,9 +18,6 @@ from tuneclust.yamlsafe import clip
 PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
 TRIAL_PATH_RESERVE = 120
 """Characters kept free under the results folder for Ray's trial folders and checkpoint names."""
-AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
-"""Written by ``ray up`` on the head node (cluster.yaml starts the head with ``--autoscaling-config`` on it)."""
-"""The GCS key a Ray autoscaler publishes its status under (present only when the cluster autoscales)."""
 
 
 class PreflightError(RuntimeError):
@@ -160,7 +157,9 @@ def _autoscales() -> bool:
     """Whether the connected cluster was launched with an autoscaler config (``ray up``), which may start a node
     that fits. ``ray up`` leaves that config on the head node, where ``--address auto`` drivers run. (Ray's GCS
     key ``__autoscaling_status`` is no signal: every local Ray's monitor writes it.)"""
-    return AUTOSCALER_CONFIG.expanduser().exists()
+    from tuneclust import raycompat
+
+    return raycompat.autoscales()
 
 
 def check_cluster(spec: Spec, nodes: list[dict[str, Any]] | None = None) -> None:

@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 from ray import tune
 
+from tuneclust import raycompat
+
 QUIET, PROGRESS, RAY_REPORTER = 0, 1, 2
 """Verbosity levels of a sweep: final summary only; one progress line (default); Ray's own tables and logs."""
 
@@ -35,7 +37,7 @@ def silence_ray(verbose: int) -> None:
     """
     if verbose >= RAY_REPORTER:
         return
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    raycompat.use_legacy_output()
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     for name in NOISY_LOGGERS:
@@ -143,7 +145,7 @@ class ProgressCallback(tune.Callback):
 
     On a terminal the line is rewritten in place at most every ``redraw_s`` seconds; otherwise (a log file, CI)
     a line is printed on each trial's end and at most every ``interval_s`` seconds in between. Picklable: the
-    output stream is looked up when printing, since Ray stores callbacks in ``tuner.pkl``.
+    output stream is looked up when printing, since Ray stores callbacks in its saved state.
     """
 
     def __init__(

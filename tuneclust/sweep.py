@@ -7,7 +7,6 @@ events reach MLflow and the Parquet tables through :class:`TrackingCallback` in 
 from __future__ import annotations
 
 import os
-import re
 import sys
 import tempfile
 import time
@@ -16,10 +15,8 @@ from typing import Any
 
 import yaml
 from ray import tune
-from ray.tune.experiment import Trial
-from ray.tune.schedulers import HyperBandScheduler
 
-from tuneclust import answer, preflight, progress, report, runtime, tracking
+from tuneclust import answer, preflight, progress, raycompat, report, runtime, tracking
 from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
 from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
@@ -36,24 +33,6 @@ RAY_KEYS = {
 
 class SweepError(RuntimeError):
     """The sweep cannot start (bad storage state, missing resources); the CLI prints it and exits 2."""
-
-
-class HyperBand(HyperBandScheduler):
-    """Ray's HyperBand, minus a hang. A trial that ends on its own (its last report arrives with its completion,
-    so the scheduler gets ``on_trial_complete``, not ``on_trial_result``) can finish its bracket while another
-    trial of it waits PAUSED at the same milestone. Ray processes a bracket on a removal only if it is not
-    finished (and only before its first halving), so the paused trial waited forever and the sweep never ended.
-    Here a bracket left with only paused trials is processed: finished, they stop; else it is halved."""
-
-    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        bracket, _ = self._trial_info[trial]
-        super().on_trial_remove(tune_controller, trial)
-        live = bracket.current_trials()
-        if live and all(
-            t.status == Trial.PAUSED and t not in bracket.trials_to_unpause and not t.is_saving for t in live
-        ):
-            bracket.is_being_processed = False
-            self._process_bracket(tune_controller, bracket)
 
 
 def build_scheduler(spec: Spec) -> Any:
@@ -74,7 +53,7 @@ def build_scheduler(spec: Spec) -> Any:
             brackets=s.brackets,
         )
     if isinstance(s, Hyperband):
-        return HyperBand(
+        return raycompat.HyperBand(
             time_attr=s.time_attr, max_t=s.max_t or spec.budget.epochs, reduction_factor=s.reduction_factor
         )
     if isinstance(s, Median):
@@ -101,35 +80,8 @@ def pbt_keys(spec: Spec) -> list[str]:
     return list(s.hyperparam_mutations or spec.space.sampled_dims())
 
 
-MAX_ERROR = 300
-"""Longest recorded trial error (type and the first line of the exception's message)."""
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)\w*)(?:: (.*))?$")
-
-
-def error_line(text: str) -> str:
-    """The exception's own first line (``Type: message``) from a trial's error text, not the last line of a
-    multi-line message (scikit-learn appends hints) and not Ray's wrapper (``RayTaskError(...)``)."""
-    found = None
-    for line in text.splitlines():
-        m = _EXCEPTION_LINE.match(line.rstrip())  # exception lines start at column 0; frames are indented
-        if m and not m.group(1).startswith(("ray.exceptions.", "RayTaskError", "ray.")):
-            found = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2) or ''}".rstrip(": ")
-    if found is None:
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        found = lines[-1] if lines else "trial failed (no error message recorded)"
-    return found if len(found) <= MAX_ERROR else found[: MAX_ERROR - 3] + "..."
-
-
-def _error_line(trial: Any) -> str:
-    try:
-        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
-    except OSError:
-        text = ""
-    return error_line(text)
-
-
 class TrackingCallback(tune.Callback):
-    """Forwards trial events to MLflow and the Parquet tables. Picklable: Ray stores it in ``tuner.pkl`` and
+    """Forwards trial events to MLflow and the Parquet tables. Picklable: Ray stores it in its saved state and
     brings it back on ``--resume``; the live MLflow client and tables are recreated in :meth:`setup`."""
 
     def __init__(self, spec: Spec, sweep_dir: Location, spec_text: str, mlflow_uri: str | None) -> None:
@@ -253,7 +205,7 @@ class TrackingCallback(tune.Callback):
         self._finish(trial, "TERMINATED", None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "ERROR", _error_line(trial))
+        self._finish(trial, "ERROR", raycompat.trial_error_line(trial))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Record the ending honestly: Ray marks trials it stopped at Ctrl-C TERMINATED, but only trials that
@@ -370,6 +322,7 @@ def run_sweep(
     if the results folder is in the wrong state or the cluster cannot host a trial."""
     import ray
 
+    raycompat.warn(raycompat.version_warning())
     root = storage_root(spec, storage)
     out = root / spec.name
     mlflow_uri = None
@@ -379,7 +332,7 @@ def run_sweep(
         preflight.check_local(spec, Path(out.path) if out.local else out, mlflow_uri, storage, address)
     except preflight.PreflightError as e:
         raise SweepError(str(e)) from None
-    started = (out / "tuner.pkl").exists()
+    started = (out / raycompat.TUNER_STATE).exists()
     if resume and not started:
         raise SweepError(f"{out}: nothing to resume (no earlier sweep with this name there)")
     if not resume and out.has_children():
@@ -390,6 +343,9 @@ def run_sweep(
     _prepare_data(spec)
     progress.silence_ray(verbose)
     if not ray.is_initialized():
+        if address is None:  # this driver starts Ray: first stop what a killed driver's Ray left behind
+            raycompat.warn(raycompat.clean_orphans())
+            raycompat.mark_driver()
         ray.init(
             address=address,
             include_dashboard=False,
@@ -464,17 +420,13 @@ def run_sweep(
 
 def _resume_output(tuner: Any, spec: Spec, verbose: int) -> None:
     """``--quiet``/``--verbose`` of the resuming command, not of the interrupted one: Ray restores the run config
-    (callbacks, verbosity) from ``tuner.pkl``, so its progress reporter is swapped for this command's."""
-    run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
-    if run_config is None:  # Ray's internals moved: keep the stored output settings
+    (callbacks, verbosity) from its saved state, so its progress reporter is swapped for this command's."""
+    ray_verbose = 1 if verbose >= progress.RAY_REPORTER else 0
+    if not raycompat.replace_output(tuner, _reporter(spec, verbose), progress.ProgressCallback, ray_verbose):
         print(
             "warning: --quiet/--verbose not applied on this resume (Ray's tuner layout changed)",
             file=sys.stderr,
         )
-        return
-    kept = [c for c in run_config.callbacks or [] if not isinstance(c, progress.ProgressCallback)]
-    run_config.callbacks = [*kept, *_reporter(spec, verbose)]
-    run_config.verbose = 1 if verbose >= progress.RAY_REPORTER else 0
 
 
 def _mark_deleted_checkpoints(tuner: Any) -> None:

@@ -15,7 +15,6 @@ import contextlib
 import os
 import posixpath
 import random
-import re
 import sys
 import tempfile
 import time
@@ -44,8 +43,6 @@ __all__ = [
     "seed_everything",
     "select_device",
 ]
-
-_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
 
 
 def seed_everything(seed: int) -> None:
@@ -274,17 +271,19 @@ def available_checkpoint(fs: Any, path: str) -> str:
     """
     import pyarrow.fs as pafs
 
+    from tuneclust.raycompat import CHECKPOINT_DIR
+
     def holds_state(directory: str) -> bool:
         return fs.get_file_info(posixpath.join(directory, STATE_FILE)).type == pafs.FileType.File
 
     if holds_state(path):
         return path
     parent, name = posixpath.split(path.rstrip("/"))
-    match = _CHECKPOINT_DIR.search(name)
+    match = CHECKPOINT_DIR.search(name)
     missing = int(match.group(1)) if match else -1
     found = []
     for info in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
-        m = _CHECKPOINT_DIR.search(info.base_name)
+        m = CHECKPOINT_DIR.search(info.base_name)
         if m and info.type == pafs.FileType.Directory and holds_state(info.path):
             found.append((int(m.group(1)), info.path))
     if not found:
