@@ -331,7 +331,6 @@ def sweep_overhead(npz: Path, args: argparse.Namespace) -> tuple[float | None, s
         import ray  # noqa: F401
     except ImportError:
         return None, "skipped: Ray is not installed here"
-    from tuneclust.plan import SweepPlan
     from tuneclust.spec import load_spec
     from tuneclust.sweep import run_sweep
     from tuneclust.trainable import TrialLoop
@@ -350,7 +349,7 @@ def sweep_overhead(npz: Path, args: argparse.Namespace) -> tuple[float | None, s
         )
         spec = load_spec(spec_file)
         t0 = time.perf_counter()
-        sweep_plan = SweepPlan.from_spec(spec)
+        sweep_plan = spec.sweep_plan()
         for seed in range(trials):
             plan = sweep_plan.trial({"seed": seed, "arm": spec.arms[0]})
             list(TrialLoop(plan, torch.device(args.device)).run())

@@ -83,3 +83,38 @@ def test_layers_only_look_down(module, forbidden):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "", f"importing {module} pulled in {out}"
+
+
+def _imports_of(path) -> set[str]:
+    """Every tuneclust module ``path`` imports: at the top, inside functions and under TYPE_CHECKING alike."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tuneclust"):
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("tuneclust")}
+    return found
+
+
+def test_no_import_circle_in_tuneclust():
+    """The structure drawing is a tree of layers: no module reaches back, not even for a type."""
+    modules = {}
+    for path in (ROOT / "tuneclust").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = {m: (_imports_of(p) & modules.keys()) - {m} for m, p in modules.items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if module in path:
+            raise AssertionError("import circle: " + " -> ".join(path[path.index(module) :] + (module,)))
+        if module not in done:
+            for dep in sorted(graph[module]):
+                visit(dep, path + (module,))
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())
+    assert {"tuneclust.spec", "tuneclust.space", "tuneclust.plan"} <= graph.keys()

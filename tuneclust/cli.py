@@ -335,7 +335,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from tuneclust.data.registry import DataError
-    from tuneclust.plan import SweepPlan
     from tuneclust.spec import SpecError
     from tuneclust.trainable import TrialLoop
 
@@ -351,7 +350,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device_name = args.device
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    plan = SweepPlan.from_spec(spec).trial(point)
+    plan = spec.sweep_plan().trial(point)
     print(f"train {spec.name}: method {spec.method}, arm {arm or '-'}, point {point}, device {device_name}")
     try:
         loop = TrialLoop(plan, torch.device(device_name))

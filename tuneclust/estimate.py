@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from tuneclust.data.registry import DataConfig, load_dataset
-from tuneclust.plan import SweepPlan
 from tuneclust.runtime import describe, resolve
 from tuneclust.spec import Asha, Fifo, Hyperband, Median, Pbt, Spec
 from tuneclust.trainable import TrialLoop, TrialPlan
@@ -130,7 +129,7 @@ def concurrency(spec: Spec, gpus: int, cpus: int, pack_gain: float) -> tuple[int
 def _timing_plan(spec: Spec, images: int, epochs: int, seed_subsample: bool) -> tuple[TrialPlan, int]:
     point = {k: d.representative() for k, d in spec.search.items()}
     point["arm"] = spec.arms[0]
-    trial = SweepPlan.from_spec(spec).trial(point)
+    trial = spec.sweep_plan().trial(point)
     data = trial.data
     n_full = len(load_dataset(DataConfig.model_validate(data)).y)
     if seed_subsample and n_full > images:

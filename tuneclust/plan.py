@@ -12,10 +12,7 @@ This module sits below the spec layer: it never imports the spec, the trainable 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from tuneclust.spec import Spec
+from typing import Any
 
 
 def merge(
@@ -90,22 +87,6 @@ class SweepPlan:
     gpu: float
     runtime: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_spec(cls, spec: Spec) -> SweepPlan:
-        runtime = getattr(spec, "runtime", None)
-        return cls(
-            method=spec.method,
-            config=dict(spec.config),
-            ablation={k: dict(v) for k, v in spec.ablation.items()},
-            data=spec.data.model_dump(),
-            epochs=spec.budget.epochs,
-            eval_every=spec.budget.eval_every,
-            cpu=spec.resources.cpu,
-            gpu=spec.resources.gpu,
-            runtime=runtime.model_dump() if runtime is not None else {},
-            evaluation=spec.evaluation.model_dump(),
-        )
 
     def merge(self, point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(method config, data config) of the trial at ``point`` (see :func:`merge`)."""

@@ -15,10 +15,15 @@ import itertools
 import math
 import pickle
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from tuneclust.spec import SearchDim, Spec
+
+class Dim(Protocol):
+    """One search dimension as the spec layer validated it (:class:`tuneclust.spec.SearchDim`)."""
+
+    kind: str
+    """``grid`` | ``choice`` | ``uniform`` | ``loguniform`` | ``randint`` | ``quniform``."""
+    value: Any
 
 
 @dataclass(frozen=True)
@@ -26,20 +31,20 @@ class SearchSpace:
     """The search section of a spec, with the searcher type, ablation arms and sample count that shape it.
 
     Attributes:
-        search: key -> :class:`~tuneclust.spec.SearchDim` (config keys and ``data.<field>`` keys).
+        search: key -> :class:`Dim` (config keys and ``data.<field>`` keys).
         arms: ablation arm names (``[""]`` without an ablation).
         searcher: ``grid`` | ``random`` | ``optuna``.
         num_samples: random: repeats of the space; optuna: trials per grid cell.
+        seed: seeds the random searcher and Optuna's samplers.
+        n_startup_trials: Optuna: random trials per grid cell before TPE takes over.
     """
 
-    search: dict[str, SearchDim]
+    search: dict[str, Dim]
     arms: tuple[str, ...]
     searcher: str
     num_samples: int
-
-    @classmethod
-    def of(cls, spec: Spec) -> SearchSpace:
-        return cls(dict(spec.search), tuple(spec.ablation) or ("",), spec.searcher.type, spec.num_samples)
+    seed: int = 0
+    n_startup_trials: int = 10
 
     def grid_dims(self) -> dict[str, list[Any]]:
         """Dimensions enumerated exhaustively (grid; and choice under the grid searcher)."""
@@ -49,7 +54,7 @@ class SearchSpace:
             if d.kind == "grid" or (d.kind == "choice" and self.searcher == "grid")
         }
 
-    def sampled_dims(self) -> dict[str, SearchDim]:
+    def sampled_dims(self) -> dict[str, Dim]:
         """Dimensions drawn by the searcher (every dimension that is not enumerated)."""
         grid = self.grid_dims()
         return {k: d for k, d in self.search.items() if k not in grid}
@@ -73,7 +78,7 @@ class SearchSpace:
 
 
 # Ray-facing parts (Ray imported on use) ---------------------------------------------------------------
-def domain(dim: SearchDim) -> Any:
+def domain(dim: Dim) -> Any:
     """The Ray Tune domain of one search dimension (``randint`` is [low, high) like Ray and numpy)."""
     from ray import tune
 
@@ -103,14 +108,14 @@ def param_space(space: SearchSpace) -> dict[str, Any]:
     return out
 
 
-def build_searcher(spec: Spec) -> Any:
-    """Ray's search algorithm for the spec: the variant generator, or :class:`CellSearcher` for optuna."""
+def build_searcher(space: SearchSpace, metric: str, mode: str, max_concurrent: int | None) -> Any:
+    """Ray's search algorithm: the variant generator, or :class:`CellSearcher` for optuna."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    if spec.searcher.type == "optuna":
-        searcher: Any = __getattr__("CellSearcher")(spec)
-        return ConcurrencyLimiter(searcher, spec.max_concurrent) if spec.max_concurrent else searcher
-    return BasicVariantGenerator(random_state=spec.searcher.seed, max_concurrent=spec.max_concurrent or 0)
+    if space.searcher == "optuna":
+        searcher: Any = __getattr__("CellSearcher")(space, metric, mode)
+        return ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher
+    return BasicVariantGenerator(random_state=space.seed, max_concurrent=max_concurrent or 0)
 
 
 def _cell_searcher_class() -> type:
@@ -122,18 +127,17 @@ def _cell_searcher_class() -> type:
     class CellSearcher(Searcher):
         """Optuna TPE within each grid cell: every cell gets ``per_cell`` trials from its own seeded study."""
 
-        def __init__(self, spec: Spec) -> None:
-            super().__init__(metric=spec.objective.metric, mode=spec.mode)
-            space = SearchSpace.of(spec)
+        def __init__(self, space: SearchSpace, metric: str, mode: str) -> None:
+            super().__init__(metric=metric, mode=mode)
             self.cells = space.cells()
             sampled = {k: domain(d) for k, d in space.sampled_dims().items()}
-            per_cell = spec.num_samples if sampled else 1
-            seed, n_startup = spec.searcher.seed, spec.searcher.n_startup_trials
+            per_cell = space.num_samples if sampled else 1
+            seed, n_startup = space.seed, space.n_startup_trials
             self.searchers = [
                 OptunaSearch(
                     space=sampled,
-                    metric=spec.objective.metric,
-                    mode=spec.mode,
+                    metric=metric,
+                    mode=mode,
                     sampler=TPESampler(seed=seed + i, n_startup_trials=n_startup),
                 )
                 if sampled

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuneclust import criteria, metrics, partitions
 from tuneclust.data.registry import DATASETS, DataConfig, check_data
-from tuneclust.plan import merge
+from tuneclust.plan import SweepPlan, merge
 from tuneclust.runtime import RuntimeConfig
 from tuneclust.space import SearchSpace
 from tuneclust.yamlsafe import YamlError, clip, first_non_finite, short
@@ -300,7 +300,29 @@ class Spec(_Strict):
     @property
     def space(self) -> SearchSpace:
         """The search space (grid/sampled dimensions, cells, trial count): :mod:`tuneclust.space`."""
-        return SearchSpace.of(self)
+        return SearchSpace(
+            dict(self.search),
+            tuple(self.arms),
+            self.searcher.type,
+            self.num_samples,
+            self.searcher.seed,
+            self.searcher.n_startup_trials,
+        )
+
+    def sweep_plan(self) -> SweepPlan:
+        """What every trial of the sweep shares (:class:`tuneclust.plan.SweepPlan`), shipped to the workers."""
+        return SweepPlan(
+            method=self.method,
+            config=dict(self.config),
+            ablation={k: dict(v) for k, v in self.ablation.items()},
+            data=self.data.model_dump(),
+            epochs=self.budget.epochs,
+            eval_every=self.budget.eval_every,
+            cpu=self.resources.cpu,
+            gpu=self.resources.gpu,
+            runtime=self.runtime.model_dump(),
+            evaluation=self.evaluation.model_dump(),
+        )
 
     def num_trials(self) -> int:
         return self.space.num_trials()

@@ -18,7 +18,6 @@ from ray import tune
 
 from tuneclust import answer, preflight, progress, raycompat, report, runtime, tracking
 from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
-from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
 from tuneclust.spec import Asha, Hyperband, Median, Pbt, Spec
 from tuneclust.storage import Location, StorageError, locate
@@ -86,7 +85,7 @@ class TrackingCallback(tune.Callback):
 
     def __init__(self, spec: Spec, sweep_dir: Location, spec_text: str, mlflow_uri: str | None) -> None:
         self.spec = spec
-        self.plan = SweepPlan.from_spec(spec)
+        self.plan = spec.sweep_plan()
         self.mutated = pbt_keys(spec)
         self.sweep_dir = sweep_dir
         self.spec_text = spec_text
@@ -370,9 +369,7 @@ def run_sweep(
     if not resume:
         (out / "spec.yaml").write_text(spec_text)
     trainable = tune.with_resources(
-        tune.with_parameters(
-            ray_trainable, plan=SweepPlan.from_spec(spec), datasets=datasets, results=out.uri
-        ),
+        tune.with_parameters(ray_trainable, plan=spec.sweep_plan(), datasets=datasets, results=out.uri),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state: at most 5 s behind a crash
@@ -391,7 +388,7 @@ def run_sweep(
             tune_config=tune.TuneConfig(
                 metric=spec.objective.metric,
                 mode=spec.mode,
-                search_alg=build_searcher(spec),
+                search_alg=build_searcher(spec.space, spec.objective.metric, spec.mode, spec.max_concurrent),
                 scheduler=build_scheduler(spec),
                 num_samples=spec.num_trials() if spec.searcher.type == "optuna" else spec.num_samples,
                 max_concurrent_trials=spec.max_concurrent,
