@@ -38,11 +38,23 @@ def merge(
     return cfg, data
 
 
-def validated_config(method: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Every key of the method's config, defaults included, after validation (raises pydantic's error)."""
+def method_config(method: str, cfg: dict[str, Any]) -> Any:
+    """The one validation of a method config (spec checks, the driver's table columns, the trial): strict (no
+    coercion: ``"0.5"`` is not a number, ``true`` not an integer), defaults filled in. Numpy scalars (from Ray's
+    samplers) count as the Python numbers they hold.
+
+    Returns:
+        The method's :class:`~tuneclust.methods.base.MethodConfig`. Raises pydantic's ``ValidationError``.
+    """
     from tuneclust.methods import get_method
 
-    return get_method(method).Config.model_validate(cfg).model_dump()
+    plain = {k: v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v for k, v in cfg.items()}
+    return get_method(method).Config.model_validate(plain, strict=True)
+
+
+def validated_config(method: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every key of the method's config, defaults included, after :func:`method_config`."""
+    return method_config(method, cfg).model_dump()
 
 
 @dataclass

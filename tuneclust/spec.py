@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuneclust import criteria, metrics, partitions
 from tuneclust.data.registry import DATASETS, DataConfig, check_data
-from tuneclust.plan import SweepPlan, merge
+from tuneclust.plan import SweepPlan, merge, method_config
 from tuneclust.runtime import RuntimeConfig
 from tuneclust.space import SearchSpace
 from tuneclust.yamlsafe import YamlError, clip, first_non_finite, short
@@ -468,7 +468,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
     def check_cfg(cfg: dict[str, Any], field: str) -> None:
         _check_numbers(cfg, field, source)
         try:
-            method.Config.model_validate(cfg, strict=True)
+            method_config(spec.method, cfg)
         except ValidationError as e:
             sub, msg = _first_error(e)
             raise SpecError(source, f"{field}.{sub}" if sub else field, msg) from None
@@ -515,7 +515,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
         for v in dim.probes():
             try:
                 _check_numbers({key: v}, f"{field}.{dim.kind}", source)
-                method.Config.model_validate(merge(spec.config, {}, {}, {key: v})[0], strict=True)
+                method_config(spec.method, merge(spec.config, {}, {}, {key: v})[0])
             except ValidationError as e:
                 raise SpecError(source, f"{field}.{dim.kind}", _first_error(e)[1]) from None
     if spec.searcher.type == "grid" and spec.space.sampled_dims():

@@ -28,7 +28,7 @@ import torch
 from tuneclust import criteria, metrics, partitions
 from tuneclust.data.registry import DataConfig, Dataset, dataset_key, load_dataset
 from tuneclust.methods import get_method
-from tuneclust.plan import SweepPlan, TrialPlan
+from tuneclust.plan import SweepPlan, TrialPlan, method_config
 
 STATE_FILE = "trial_state.pt"
 SUPERSEDED_FILE = "superseded.txt"
@@ -122,7 +122,7 @@ class TrialLoop:
         self.plan = plan
         self.device = device
         cls = get_method(plan.method)
-        cfg = cls.Config.model_validate(plan.config)  # the trial's one validation of its config
+        cfg = method_config(plan.method, plan.config)  # the one validation of a method config
         self.seed = cfg.seed
         self.n_init = cfg.kmeans_n_init
         seed_everything(cfg.seed)
