@@ -90,7 +90,9 @@ class Study:
         method: registry name of the method.
         source: where the finding is in the paper.
         config: fixed config of every arm (the digits-sized settings).
-        arms: arm name -> config overrides.
+        spec: the shipped ablation study (``search_spaces/<spec>.yaml``) whose arms (config overrides) are trained.
+        arms: the names of the arms trained here, as the YAML's ``ablation`` names them (the YAML is their only
+            home: :meth:`overrides`).
         claims: the orderings the paper reports.
         epochs: default training epochs (``--scale`` multiplies, ``--epochs`` replaces).
         budget: config the epoch count implies (e.g. CDC's pre-training/fine-tuning split), or None.
@@ -100,14 +102,23 @@ class Study:
     method: str
     source: str
     config: dict[str, Any]
-    arms: dict[str, dict[str, Any]]
+    spec: str
+    arms: tuple[str, ...]
     claims: tuple[Claim, ...]
     epochs: int
     budget: Callable[[int], dict[str, Any]] | None = None
     quick: dict[str, Any] = field(default_factory=dict)
     quick_epochs: int = 1
 
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """Arm name -> config overrides, read from the study's YAML."""
+        from tuneclust.spec import load_spec
 
+        ablation = load_spec(SPECS / f"{self.spec}.yaml").ablation
+        return {arm: dict(ablation[arm]) for arm in self.arms}
+
+
+SPECS = Path(__file__).resolve().parents[1] / "search_spaces"
 CDC_ITERS_PER_EPOCH = 50
 """CDC fine-tuning iterations per epoch (one DEC target update each, h = 50)."""
 
@@ -123,12 +134,9 @@ STUDIES: dict[str, Study] = {
         method="idfd",
         source="IDFD Table 1 / Fig. 3",
         config={"backbone": "convnet", "batch_size": 128},
-        arms={
-            "ID_tau0.07": {"variant": "id", "tau": 0.07},
-            "ID_tau1": {"variant": "id", "tau": 1.0},
-            "IDFD": {"variant": "idfd", "tau": 1.0},
-        },
-        claims=(Claim("ID_tau1", "ID_tau0.07"), Claim("IDFD", "ID_tau1")),
+        spec="idfd_ablation",
+        arms=("ID_original", "ID_tuned", "IDFD"),  # ID at tau 0.07 and at tau 1; IDFD (tau 1)
+        claims=(Claim("ID_tuned", "ID_original"), Claim("IDFD", "ID_tuned")),
         epochs=30,
         quick={"max_steps_per_epoch": 2, "batch_size": 32},
     ),
@@ -138,12 +146,8 @@ STUDIES: dict[str, Study] = {
         # The paper's MNIST setting (Sec. 4.1.3, appendix B): beta_Aug 2, crop area 0.4-1, no horizontal flip
         # ("direction sensitive nature of the digits"); critic/D hidden 256 for the 8x8 encoder.
         config={"beta_aug": 2.0, "hflip": False, "mlp_hidden": 256},
-        arms={
-            "M1": {"mi": False, "aug": False, "adv": True},
-            "M2": {"mi": True, "aug": False, "adv": True},
-            "M3": {"mi": False, "aug": True, "adv": True},
-            "M4": {"mi": True, "aug": True, "adv": True},
-        },
+        spec="dccs_ablation",
+        arms=("M1", "M2", "M3", "M4"),
         claims=(Claim("M4", "M1"), Claim("M3", "M1")),
         epochs=60,
         quick={"batch_size": 32},
@@ -152,13 +156,8 @@ STUDIES: dict[str, Study] = {
         method="cdc",
         source="CDC Table 3",
         config={"update_interval": CDC_ITERS_PER_EPOCH, "kmeans_init_n_init": 5},
-        arms={
-            "AE_Lr": {"pretrain_corr": False, "finetune": False},
-            "AE_LAE": {"finetune": False},
-            "AEs_Lc": {"affinity": False, "regularize": False},
-            "AEs_Lc_La": {"regularize": False},
-            "AEs_LDC": {},
-        },
+        spec="cdc_ablation",
+        arms=("AE_Lr", "AE_LAE", "AEs_Lc", "AEs_Lc_La", "AEs_LDC"),
         claims=(Claim("AEs_LDC", "AEs_Lc"),),
         epochs=75,
         budget=cdc_budget,
@@ -169,11 +168,8 @@ STUDIES: dict[str, Study] = {
         method="ics",
         source="ICS Fig. 5a",
         config={"arch": "shallow"},
-        arms={
-            "full": {},
-            "no_Lt": {"omega": 0.0},
-            "Lr_only": {"beta": 0.0, "gamma": 0.0, "omega": 0.0},
-        },
+        spec="ics_ablation",
+        arms=("full", "no_Lt", "Lr_only"),
         claims=(Claim("full", "no_Lt"), Claim("no_Lt", "Lr_only")),
         epochs=50,
         quick={"pretrain_epochs": 1, "n_aug_neg": 3, "neg_tries": 8, "batch_size": 64},
@@ -435,7 +431,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
             epochs = args.epochs or max(1, round(st.epochs * args.scale))
             cfg = {**st.config, **(st.budget(epochs) if st.budget else {})}
         cfg.update(sets.get(name, {}))
-        for arm, over in st.arms.items():
+        for arm, over in st.overrides().items():
             if args.arms and arm not in args.arms:
                 continue
             for seed in range(args.seeds):
