@@ -7,7 +7,8 @@ import re
 import pytest
 
 from tuneclust.cli import main
-from tuneclust.estimate import budget_fraction, concurrency, rung_fraction
+from tuneclust.estimate import concurrency
+from tuneclust.schedulers import budget_fraction, rung_fraction
 from tuneclust.spec import load_spec
 
 SPEC = """name: est
@@ -73,3 +74,10 @@ def test_estimate_bad_input_is_one_line_and_exit_2(spec_path, tmp_path, capsys) 
     with pytest.raises(SystemExit) as e:
         main(["estimate", str(spec_path), "--images", "0"])
     assert e.value.code == 2
+
+
+def test_every_scheduler_kind_has_one_home() -> None:
+    from tuneclust.schedulers import KINDS
+    from tuneclust.spec import SCHEDULERS
+
+    assert SCHEDULERS == ("fifo", "asha", "hyperband", "median", "pbt") and tuple(KINDS) == SCHEDULERS

@@ -345,8 +345,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     arm = args.arm if args.arm is not None else spec.arms[0]
     if arm not in spec.arms:
         return _fail(f"{args.spec}: --arm: unknown arm {arm!r}; expected one of {spec.arms}")
-    point = {k: d.representative() for k, d in spec.search.items()}
-    point["arm"] = arm
+    point = spec.representative_point(arm)
     device_name = args.device
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"

@@ -22,7 +22,8 @@ import torch
 
 from tuneclust.data.registry import DataConfig, load_dataset
 from tuneclust.runtime import describe, resolve
-from tuneclust.spec import Asha, Fifo, Hyperband, Median, Pbt, Spec
+from tuneclust.schedulers import budget_fraction
+from tuneclust.spec import Spec
 from tuneclust.trainable import TrialLoop, TrialPlan
 
 
@@ -72,42 +73,6 @@ def _dur(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def rung_fraction(max_t: float, grace: float, eta: float) -> float:
-    """Share of the full budget that successive halving spends per trial: a fraction 1/eta of the trials
-    reaches each next rung (grace, grace*eta, ... up to max_t) and the rest stop at theirs."""
-    rungs = [grace]
-    while rungs[-1] * eta < max_t:
-        rungs.append(rungs[-1] * eta)
-    rungs = [r for r in rungs if r < max_t] + [max_t]
-    spent, previous = 0.0, 0.0
-    for i, r in enumerate(rungs):
-        spent += eta**-i * (r - previous)
-        previous = r
-    return min(1.0, spent / max_t)
-
-
-def budget_fraction(spec: Spec) -> tuple[float, str]:
-    """(average share of ``budget.epochs`` a trial trains under the spec's scheduler, how it was derived)."""
-    s = spec.scheduler
-    if isinstance(s, Asha):
-        max_t = s.max_t or spec.budget.epochs
-        f = rung_fraction(max_t, s.grace_period, s.reduction_factor)
-        return f, f"asha: rungs from grace_period {s.grace_period} by reduction_factor {s.reduction_factor:g}"
-    if isinstance(s, Hyperband):
-        max_t = s.max_t or spec.budget.epochs
-        f = rung_fraction(max_t, 1, s.reduction_factor)
-        return (
-            f,
-            f"hyperband: estimated as successive halving from 1 by reduction_factor {s.reduction_factor:g}",
-        )
-    if isinstance(s, Median):
-        return 1.0, "median: upper bound, stopping depends on the results"
-    if isinstance(s, Pbt):
-        return 1.0, "pbt: every trial trains the full budget"
-    assert isinstance(s, Fifo)
-    return 1.0, "fifo: every trial trains the full budget"
-
-
 def concurrency(spec: Spec, gpus: int, cpus: int, pack_gain: float) -> tuple[int, float, float]:
     """(trials at once, their speed together relative to one trial alone, GPUs busy)."""
     r = spec.resources
@@ -127,9 +92,7 @@ def concurrency(spec: Spec, gpus: int, cpus: int, pack_gain: float) -> tuple[int
 
 
 def _timing_plan(spec: Spec, images: int, epochs: int, seed_subsample: bool) -> tuple[TrialPlan, int]:
-    point = {k: d.representative() for k, d in spec.search.items()}
-    point["arm"] = spec.arms[0]
-    trial = spec.sweep_plan().trial(point)
+    trial = spec.sweep_plan().trial(spec.representative_point())
     data = trial.data
     n_full = len(load_dataset(DataConfig.model_validate(data)).y)
     if seed_subsample and n_full > images:

@@ -48,7 +48,9 @@ def method_config(method: str, cfg: dict[str, Any]) -> Any:
     """
     from tuneclust.methods import get_method
 
-    plain = {k: v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v for k, v in cfg.items()}
+    plain = {
+        k: v.item() if type(v).__module__ == "numpy" and hasattr(v, "item") else v for k, v in cfg.items()
+    }
     return get_method(method).Config.model_validate(plain, strict=True)
 
 

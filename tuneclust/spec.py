@@ -11,7 +11,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -26,7 +26,6 @@ from tuneclust.yamlsafe import load as load_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SEARCHERS = ("grid", "random", "optuna")
-SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
 TIME_ATTRS = ("epoch", "step", "training_iteration")
 MAX_NAME = 100
@@ -188,6 +187,10 @@ class Pbt(_Sched):
 
 
 SchedulerSpec = Annotated[Fifo | Asha | Hyperband | Median | Pbt, Field(discriminator="type")]
+SCHEDULERS = tuple(
+    get_args(c.model_fields["type"].annotation)[0] for c in (Fifo, Asha, Hyperband, Median, Pbt)
+)
+"""The scheduler kinds (``scheduler.type``); what each does in a sweep: :mod:`tuneclust.schedulers`."""
 
 
 class Objective(_Strict):
@@ -326,6 +329,13 @@ class Spec(_Strict):
 
     def num_trials(self) -> int:
         return self.space.num_trials()
+
+    def representative_point(self, arm: str | None = None) -> dict[str, Any]:
+        """One point of the space (``train``, ``estimate``): every search dimension at its representative value,
+        and ``arm`` (default: the first arm)."""
+        point: dict[str, Any] = {k: d.representative() for k, d in self.search.items()}
+        point["arm"] = self.arms[0] if arm is None else arm
+        return point
 
     def data_configs(self) -> list[DataConfig]:
         """The data config of every dataset the sweep uses (one per ``data.name`` value when it is searched)."""

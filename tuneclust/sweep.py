@@ -18,8 +18,9 @@ from ray import tune
 
 from tuneclust import answer, preflight, progress, raycompat, report, runtime, tracking
 from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
-from tuneclust.space import build_searcher, domain, param_space
-from tuneclust.spec import Asha, Hyperband, Median, Pbt, Spec
+from tuneclust.schedulers import build_scheduler, pbt_keys
+from tuneclust.space import build_searcher, param_space
+from tuneclust.spec import Spec
 from tuneclust.storage import Location, StorageError, locate
 from tuneclust.trainable import available_checkpoint, ray_trainable, superseded_line
 
@@ -32,51 +33,6 @@ RAY_KEYS = {
 
 class SweepError(RuntimeError):
     """The sweep cannot start (bad storage state, missing resources); the CLI prints it and exits 2."""
-
-
-def build_scheduler(spec: Spec) -> Any:
-    from ray.tune.schedulers import (
-        ASHAScheduler,
-        FIFOScheduler,
-        MedianStoppingRule,
-        PopulationBasedTraining,
-    )
-
-    s = spec.scheduler
-    if isinstance(s, Asha):
-        return ASHAScheduler(
-            time_attr=s.time_attr,
-            max_t=s.max_t or spec.budget.epochs,
-            grace_period=s.grace_period,
-            reduction_factor=s.reduction_factor,
-            brackets=s.brackets,
-        )
-    if isinstance(s, Hyperband):
-        return raycompat.HyperBand(
-            time_attr=s.time_attr, max_t=s.max_t or spec.budget.epochs, reduction_factor=s.reduction_factor
-        )
-    if isinstance(s, Median):
-        return MedianStoppingRule(
-            time_attr=s.time_attr, grace_period=s.grace_period, min_samples_required=s.min_samples_required
-        )
-    if isinstance(s, Pbt):
-        keys = pbt_keys(spec)
-        return PopulationBasedTraining(
-            time_attr=s.time_attr,
-            perturbation_interval=s.perturbation_interval,
-            hyperparam_mutations={k: domain(spec.search[k]) for k in keys},
-            quantile_fraction=s.quantile_fraction,
-            resample_probability=s.resample_probability,
-        )
-    return FIFOScheduler()
-
-
-def pbt_keys(spec: Spec) -> list[str]:
-    """The search keys PBT mutates (none unless the scheduler is PBT)."""
-    s = spec.scheduler
-    if not isinstance(s, Pbt):
-        return []
-    return list(s.hyperparam_mutations or spec.space.sampled_dims())
 
 
 class TrackingCallback(tune.Callback):
