@@ -2,7 +2,7 @@
 
 One module for everything a sweep needs to know about its search space. :class:`SearchSpace` is pure Python
 (the spec layer validates with it without importing Ray); :func:`domain`, :func:`param_space`,
-:func:`build_searcher` and :class:`CellSearcher` import Ray when called.
+ import Ray when called; Ray's searchers are built in :mod:`tuneclust.searchers`.
 
 Searchers: ``grid`` and ``random`` use Ray's variant generator (grid dimensions crossed, random ones sampled,
 seeded); ``optuna`` runs a seeded TPE study inside every *cell* of the grid (grid values x ablation arms), so a
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import pickle
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -96,7 +95,7 @@ def domain(dim: Dim) -> Any:
 def param_space(space: SearchSpace) -> dict[str, Any]:
     """Ray's param space for the grid/random searchers: grids crossed, the rest sampled, arms a grid.
 
-    Optuna proposes its points through :class:`CellSearcher`, so its param space is empty.
+    Optuna proposes its points through :class:`tuneclust.searchers.CellSearcher`, so its param space is empty.
     """
     from ray import tune
 
@@ -106,96 +105,3 @@ def param_space(space: SearchSpace) -> dict[str, Any]:
     out.update({k: domain(d) for k, d in space.sampled_dims().items()})
     out["arm"] = tune.grid_search(list(space.arms)) if space.arms != ("",) else ""
     return out
-
-
-def build_searcher(space: SearchSpace, metric: str, mode: str, max_concurrent: int | None) -> Any:
-    """Ray's search algorithm: the variant generator, or :class:`CellSearcher` for optuna."""
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-
-    if space.searcher == "optuna":
-        searcher: Any = __getattr__("CellSearcher")(space, metric, mode)
-        return ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher
-    return BasicVariantGenerator(random_state=space.seed, max_concurrent=max_concurrent or 0)
-
-
-def _cell_searcher_class() -> type:
-    """Define :class:`CellSearcher` on first use (it subclasses Ray's Searcher; importing Ray costs seconds)."""
-    from optuna.samplers import TPESampler
-    from ray.tune.search import Searcher
-    from ray.tune.search.optuna import OptunaSearch
-
-    class CellSearcher(Searcher):
-        """Optuna TPE within each grid cell: every cell gets ``per_cell`` trials from its own seeded study."""
-
-        def __init__(self, space: SearchSpace, metric: str, mode: str) -> None:
-            super().__init__(metric=metric, mode=mode)
-            self.cells = space.cells()
-            sampled = {k: domain(d) for k, d in space.sampled_dims().items()}
-            per_cell = space.num_samples if sampled else 1
-            seed, n_startup = space.seed, space.n_startup_trials
-            self.searchers = [
-                OptunaSearch(
-                    space=sampled,
-                    metric=metric,
-                    mode=mode,
-                    sampler=TPESampler(seed=seed + i, n_startup_trials=n_startup),
-                )
-                if sampled
-                else None
-                for i in range(len(self.cells))
-            ]
-            self.remaining = [per_cell] * len(self.cells)
-            self.owner: dict[str, int] = {}
-            self.cursor = 0
-
-        def set_search_properties(
-            self, metric: str | None, mode: str | None, config: dict, **kw: Any
-        ) -> bool:
-            return True  # metric, mode and space were fixed at construction
-
-        def suggest(self, trial_id: str) -> dict[str, Any] | None:
-            for _ in range(len(self.cells)):
-                i, self.cursor = self.cursor, (self.cursor + 1) % len(self.cells)
-                if self.remaining[i] > 0:
-                    break
-            else:
-                return Searcher.FINISHED
-            self.remaining[i] -= 1
-            self.owner[trial_id] = i
-            point = dict(self.cells[i])
-            if self.searchers[i] is not None:
-                point.update(self.searchers[i].suggest(trial_id))
-            return point
-
-        def _cell_searcher(self, trial_id: str) -> Any:
-            return self.searchers[self.owner[trial_id]] if trial_id in self.owner else None
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if (s := self._cell_searcher(trial_id)) is not None:
-                s.on_trial_result(trial_id, result)
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if (s := self._cell_searcher(trial_id)) is not None:
-                s.on_trial_complete(trial_id, result, error)
-
-        def save(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "wb") as f:
-                pickle.dump(self.__dict__, f)
-
-        def restore(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "rb") as f:
-                self.__dict__.update(pickle.load(f))
-
-    CellSearcher.__module__ = __name__  # pickled as tuneclust.space.CellSearcher, found via __getattr__
-    return CellSearcher
-
-
-_LAZY: dict[str, type] = {}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "CellSearcher":
-        if name not in _LAZY:
-            _LAZY[name] = _cell_searcher_class()
-        return _LAZY[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,8 @@ from ray import tune
 from tuneclust import answer, preflight, progress, raycompat, report, runtime, tracking
 from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
 from tuneclust.schedulers import build_scheduler, pbt_keys
-from tuneclust.space import build_searcher, param_space
+from tuneclust.searchers import build_searcher
+from tuneclust.space import param_space
 from tuneclust.spec import Spec
 from tuneclust.storage import Location, StorageError, locate
 from tuneclust.trainable import available_checkpoint, ray_trainable, superseded_line
