@@ -425,13 +425,22 @@ def _check_numbers(cfg: dict[str, Any], field: str, source: str) -> None:
 
 def _check_semantics(spec: Spec, source: str) -> None:
     """Cross-field checks: names exist, config keys belong to the method, values have the method's types."""
-    from tuneclust.methods import METHODS, get_method
+    from tuneclust.data.plugins import is_plugin
+    from tuneclust.methods import UnknownMethodError, get_method, method_names
+    from tuneclust.plugins import PluginError
 
-    if spec.method not in METHODS:
+    try:
+        method = get_method(spec.method)
+    except UnknownMethodError:
         raise SpecError(
-            source, "method", f"unknown method {short(spec.method)}; {one_of(spec.method, METHODS)}"
-        )
-    if spec.data.name not in DATASETS:
+            source,
+            "method",
+            f"unknown method {short(spec.method)}; {one_of(spec.method, method_names())}, "
+            "or an import path package.module:Class",
+        ) from None
+    except PluginError as e:
+        raise SpecError(source, "method", str(e)) from None
+    if spec.data.name not in DATASETS and not is_plugin(spec.data.name):
         raise SpecError(
             source,
             "data.name",
@@ -439,7 +448,6 @@ def _check_semantics(spec: Spec, source: str) -> None:
         )
     if (spec.data.image_size or 0) > MAX_IMAGE_SIZE:
         raise SpecError(source, "data.image_size", f"must be <= {MAX_IMAGE_SIZE}, got {spec.data.image_size}")
-    method = get_method(spec.method)
     fields = method.Config.model_fields
     data_fields = DataConfig.model_fields
 
@@ -481,7 +489,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
                     DataConfig.model_validate({**spec.data.model_dump(), sub: v})
                 except ValidationError as e:
                     raise SpecError(source, f"{field}.{dim.kind}", _first_error(e)[1]) from None
-                if sub == "name" and v not in DATASETS:
+                if sub == "name" and v not in DATASETS and not is_plugin(str(v)):
                     raise SpecError(
                         source,
                         f"{field}.{dim.kind}",
@@ -543,8 +551,27 @@ def _check_semantics(spec: Spec, source: str) -> None:
     for data in spec.data_configs():
         try:
             check_data(data)
+        except PluginError as e:
+            raise SpecError(source, "data.name", str(e)) from None
         except ValueError as e:
             raise SpecError(source, "data.root" if spec.data.root else "data", str(e)) from None
+    _check_labels(spec, source)
+
+
+def _check_labels(spec: Spec, source: str) -> None:
+    """A dataset from a user loader without labels allows label-free objectives only (known once loaded)."""
+    from tuneclust.data.plugins import is_plugin, probe
+
+    if spec.objective.metric not in metrics.LABELLED:
+        return
+    for data in spec.data_configs():
+        if data.name not in DATASETS and is_plugin(data.name) and not probe(data).labelled:
+            raise SpecError(
+                source,
+                "objective.metric",
+                f"{spec.objective.metric} needs labels and dataset {short(data.name)} has none: use a label-free "
+                f"objective ({criteria.DEFAULT} is the default label-free one; see README 'Choosing without labels')",
+            )
 
 
 def _check_selection_objective(spec: Spec, source: str) -> None:
