@@ -61,7 +61,6 @@ def build_scheduler(spec: Spec) -> Any:
         ASHAScheduler,
         FIFOScheduler,
         MedianStoppingRule,
-        PopulationBasedTraining,
     )
 
     s = spec.scheduler
@@ -82,8 +81,10 @@ def build_scheduler(spec: Spec) -> Any:
             time_attr=s.time_attr, grace_period=s.grace_period, min_samples_required=s.min_samples_required
         )
     if isinstance(s, Pbt):
+        from tuneclust.pbt import ArmPBT  # exploits within each ablation arm: arms keep their loss weights
+
         keys = pbt_keys(spec)
-        return PopulationBasedTraining(
+        return ArmPBT(
             time_attr=s.time_attr,
             perturbation_interval=s.perturbation_interval,
             hyperparam_mutations={k: domain(spec.search[k]) for k in keys},
