@@ -317,3 +317,80 @@ def test_example_method_from_an_uninstalled_folder_sweeps_on_worker_nodes(two_no
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 4 and all("acc" in r.data.metrics for r in children)
     assert main(["report", str(plug / "runs" / "dec"), "--out", str(tmp_path / "rep")]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- the DEC example
+
+
+@pytest.fixture
+def dec(monkeypatch):
+    """The example's module, resolved as a spec names it (from the repository root)."""
+    import importlib
+
+    from tuneclust.methods import get_method
+
+    monkeypatch.chdir(ROOT)
+    cls = get_method("examples.dec.method:DEC")
+    return importlib.import_module(cls.__module__)
+
+
+def test_dec_loss_matches_numpy_equations(dec):
+    """Eq. 1 (Student-t Q), Eq. 3 (target P), Eq. 2 (KL, mean over the batch) re-written in NumPy; + recon."""
+    g = torch.Generator().manual_seed(0)
+    z, mu = (
+        torch.randn(16, 4, generator=g, dtype=torch.float64),
+        torch.randn(3, 4, generator=g, dtype=torch.float64),
+    )
+    x, x_rec = (
+        torch.rand(16, 9, generator=g, dtype=torch.float64),
+        torch.rand(16, 9, generator=g, dtype=torch.float64),
+    )
+    zn, mun, alpha = z.numpy(), mu.numpy(), 2.0
+    q = (1 + ((zn[:, None] - mun[None]) ** 2).sum(-1) / alpha) ** (-(alpha + 1) / 2)
+    q /= q.sum(1, keepdims=True)
+    p = q**2 / q.sum(0)
+    p /= p.sum(1, keepdims=True)
+    kl = (p * np.log(p / q)).sum(1).mean()
+    mse = ((x_rec.numpy() - x.numpy()) ** 2).mean()
+    from tuneclust.losses.dec import soft_assign, target_distribution
+
+    p_t = target_distribution(soft_assign(z, mu, alpha))
+    np.testing.assert_allclose(p_t.numpy(), p, rtol=1e-10)
+    out = dec.dec_loss(z, x_rec, x, mu, p_t, alpha, {"kl": 1.0, "recon": 0.0})
+    assert set(out.terms) == {"kl"} and out.total.item() == pytest.approx(kl, rel=1e-10)
+    out = dec.dec_loss(z, x_rec, x, mu, p_t, alpha, {"kl": 1.0, "recon": 0.1})
+    assert out.total.item() == pytest.approx(kl + 0.1 * mse, rel=1e-10)
+
+
+@pytest.mark.parametrize("stop", [1, 2])  # at the phase boundary (no target yet), and inside clustering
+def test_dec_resume_equals_uninterrupted(dec, stop):
+    from tuneclust.data.registry import DataConfig, load_dataset
+
+    data = load_dataset(DataConfig(name="digits", subsample=200))
+    cfg = dec.DECConfig(
+        pretrain_epochs=1, dims=[32, 8], batch_size=64, kmeans_init_n_init=2, recon_weight=0.1
+    )
+
+    def run(m, epochs):
+        for _ in range(epochs):
+            losses = m.train_epoch()
+            m.epoch += 1
+        return losses
+
+    torch.manual_seed(0)
+    straight = dec.DEC(cfg, data, torch.device("cpu"), 3)
+    last = run(straight, 3)
+    torch.manual_seed(0)
+    first = dec.DEC(cfg, data, torch.device("cpu"), 3)
+    run(first, stop)
+    resumed = dec.DEC(cfg, data, torch.device("cpu"), 3)
+    resumed.load_state_dict(first.state_dict())
+    assert run(resumed, 3 - stop) == pytest.approx(last, rel=1e-6) and "loss_kl" in last
+    np.testing.assert_allclose(resumed.evaluate().embedding, straight.evaluate().embedding, rtol=1e-5)
+
+
+def test_example_study_validates_with_smoke(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert main(["validate", "examples/dec/dec_digits.yaml", "--smoke"]) == 0, capsys.readouterr().err
+    assert "ok: dec_digits (examples.dec.method:DEC), 8 trials; --smoke: 2 trials" in capsys.readouterr().out
+    assert (ROOT / "examples" / "dec" / "dec_digits.yaml").read_text().startswith("#")
