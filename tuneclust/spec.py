@@ -426,20 +426,9 @@ def _check_numbers(cfg: dict[str, Any], field: str, source: str) -> None:
 def _check_semantics(spec: Spec, source: str) -> None:
     """Cross-field checks: names exist, config keys belong to the method, values have the method's types."""
     from tuneclust.data.plugins import is_plugin
-    from tuneclust.methods import UnknownMethodError, get_method, method_names
     from tuneclust.plugins import PluginError
 
-    try:
-        method = get_method(spec.method)
-    except UnknownMethodError:
-        raise SpecError(
-            source,
-            "method",
-            f"unknown method {short(spec.method)}; {one_of(spec.method, method_names())}, "
-            "or an import path package.module:Class",
-        ) from None
-    except PluginError as e:
-        raise SpecError(source, "method", str(e)) from None
+    method = _method_class(spec, source)
     if spec.data.name not in DATASETS and not is_plugin(spec.data.name):
         raise SpecError(
             source,
@@ -556,6 +545,24 @@ def _check_semantics(spec: Spec, source: str) -> None:
         except ValueError as e:
             raise SpecError(source, "data.root" if spec.data.root else "data", str(e)) from None
     _check_labels(spec, source)
+
+
+def _method_class(spec: Spec, source: str) -> Any:
+    """The spec's method class (built-in, import path or entry point), or a SpecError on ``method``."""
+    from tuneclust.methods import UnknownMethodError, get_method, method_names
+    from tuneclust.plugins import PluginError
+
+    try:
+        return get_method(spec.method)
+    except UnknownMethodError:
+        raise SpecError(
+            source,
+            "method",
+            f"unknown method {short(spec.method)}; {one_of(spec.method, method_names())}, "
+            "or an import path package.module:Class",
+        ) from None
+    except PluginError as e:  # an import error, not a Method, a Config without defaults: one line
+        raise SpecError(source, "method", str(e)) from None
 
 
 def _check_labels(spec: Spec, source: str) -> None:
