@@ -2,7 +2,7 @@
 
 A worked example of a method that lives outside the package: ``method: examples.dec.method:DEC`` in a spec run from
 the repository root. It imports nothing but the public API (README "Your own method"): ``tuneclust.methods``
-(Method, MethodConfig, Evaluation), ``tuneclust.losses.terms`` (combine, reconstruction_loss) and
+(Method, MethodConfig, Evaluation), ``tuneclust.losses.terms`` (combine, fp32, reconstruction_loss) and
 ``tuneclust.losses.dec`` (Student-t soft assignment, sharpened target, KL).
 
 Two phases in one run of ``budget.epochs``:
@@ -30,7 +30,7 @@ from sklearn.cluster import KMeans
 from torch import nn
 
 from tuneclust.losses.dec import kl_divergence, soft_assign, target_distribution
-from tuneclust.losses.terms import LossTerms, combine, reconstruction_loss
+from tuneclust.losses.terms import LossTerms, combine, fp32, reconstruction_loss
 from tuneclust.methods import Evaluation, Method, MethodConfig
 
 
@@ -95,6 +95,7 @@ class Centres(nn.Module):
         self.mu = nn.Parameter(torch.zeros(k, d))
 
 
+@fp32  # under a bf16/fp16 runtime the networks run in low precision, the loss in fp32 (tuneclust's rule)
 def dec_loss(
     z: torch.Tensor, x_rec: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, p: torch.Tensor | None,
     alpha: float, weights: dict[str, float],
