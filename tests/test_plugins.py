@@ -394,3 +394,24 @@ def test_example_study_validates_with_smoke(monkeypatch, capsys):
     assert main(["validate", "examples/dec/dec_digits.yaml", "--smoke"]) == 0, capsys.readouterr().err
     assert "ok: dec_digits (examples.dec.method:DEC), 8 trials; --smoke: 2 trials" in capsys.readouterr().out
     assert (ROOT / "examples" / "dec" / "dec_digits.yaml").read_text().startswith("#")
+
+
+def test_validate_says_when_data_has_no_labels(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loaders_y.py").write_text(LOADERS)
+    spec = _spec(
+        tmp_path / "s.yaml",
+        "idfd",
+        "{name: 'loaders_y:unlabelled', num_classes: 10}",
+        "objective: {metric: consensus}\n",
+    )
+    spec.write_text(spec.read_text().replace(DEC_SMALL, "{backbone: convnet}"))
+    assert main(["validate", str(spec)]) == 0
+    assert (
+        "data loaders_y:unlabelled: no labels (label-free metrics only, no acc/nmi/ari)"
+        in capsys.readouterr().out
+    )
+    assert main(["validate", str(spec), "--set", "data.num_classes=null"]) == 2
+    assert (
+        "data: dataset 'loaders_y:unlabelled' has no labels: set data.num_classes" in capsys.readouterr().err
+    )

@@ -181,13 +181,15 @@ def _load(path: str, overrides: list[str], smoke: bool = False):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from tuneclust.spec import SpecError
+    from tuneclust.spec import SpecError, unlabelled_data
 
     failed = 0
     for path in args.specs:
         try:
             spec = _load(path, args.overrides)
             line = f"{path}: ok: {spec.name} ({spec.method}), {spec.num_trials()} trials"
+            for name in unlabelled_data(spec):
+                line += f"; data {name}: no labels (label-free metrics only, no acc/nmi/ari)"
             if args.smoke:
                 line += f"; --smoke: {_load(path, args.overrides, smoke=True).num_trials()} trials"
             print(line)

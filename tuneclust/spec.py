@@ -565,20 +565,28 @@ def _method_class(spec: Spec, source: str) -> Any:
         raise SpecError(source, "method", str(e)) from None
 
 
-def _check_labels(spec: Spec, source: str) -> None:
-    """A dataset from a user loader without labels allows label-free objectives only (known once loaded)."""
+def unlabelled_data(spec: Spec) -> list[str]:
+    """The spec's datasets from user loaders that returned no labels (already loaded by validation)."""
     from tuneclust.data.plugins import is_plugin, probe
 
+    return [
+        d.name
+        for d in spec.data_configs()
+        if d.name not in DATASETS and is_plugin(d.name) and not probe(d).labelled
+    ]
+
+
+def _check_labels(spec: Spec, source: str) -> None:
+    """A dataset from a user loader without labels allows label-free objectives only (known once loaded)."""
     if spec.objective.metric not in metrics.LABELLED:
         return
-    for data in spec.data_configs():
-        if data.name not in DATASETS and is_plugin(data.name) and not probe(data).labelled:
-            raise SpecError(
-                source,
-                "objective.metric",
-                f"{spec.objective.metric} needs labels and dataset {short(data.name)} has none: use a label-free "
-                f"objective ({criteria.DEFAULT} is the default label-free one; see README 'Choosing without labels')",
-            )
+    for name in unlabelled_data(spec):
+        raise SpecError(
+            source,
+            "objective.metric",
+            f"{spec.objective.metric} needs labels and dataset {short(name)} has none: use a label-free "
+            f"objective ({criteria.DEFAULT} is the default label-free one; see README 'Choosing without labels')",
+        )
 
 
 def _check_selection_objective(spec: Spec, source: str) -> None:
