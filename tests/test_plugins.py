@@ -188,6 +188,35 @@ def test_loader_contract_is_checked():
         _labels(np.zeros(2, np.int64), 3, "d")
 
 
+def test_user_data_with_and_without_labels_sweeps(ray_session, tmp_path, monkeypatch):
+    """In-process on the session's Ray: the loaders run in the driver only (the data reaches the trials through
+    the object store). The unlabelled dataset reports no ACC/NMI, the labelled one does; objective consensus."""
+    from tuneclust.spec import load_spec
+    from tuneclust.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cells_inproc.py").write_text(LOADERS)
+    body = (
+        "search: {data.name: {grid: ['cells_inproc:labelled', 'cells_inproc:unlabelled']}}\n"
+        "objective: {metric: consensus}\nevaluation: {subset: 100}\n"
+    )
+    spec = _spec(
+        tmp_path / "i.yaml", "idfd", "{name: 'cells_inproc:labelled', num_classes: 10}", body, name="i"
+    )
+    spec.write_text(
+        spec.read_text().replace(DEC_SMALL, "{backbone: convnet, batch_size: 100, kmeans_n_init: 2}")
+    )
+    run_sweep(load_spec(spec), verbose=0)
+    trials = pd.read_parquet(tmp_path / "runs" / "i" / "trials.parquet").set_index("data.name")
+    assert (trials["status"] == "TERMINATED").all(), trials[["status", "error"]].to_string()
+    assert trials.loc["cells_inproc:labelled", "final.acc"] > 0.1
+    assert trials.loc["cells_inproc:labelled", "final.nmi"] > 0
+    assert pd.isna(trials.loc["cells_inproc:unlabelled"].get("final.acc"))
+    assert pd.isna(trials.loc["cells_inproc:unlabelled"].get("final.nmi"))
+    assert trials["final.consensus"].notna().any()  # the first trial at an epoch has no peer yet (NaN)
+
+
+@pytest.mark.slow  # a driver in a subprocess starting its own Ray: about a minute
 def test_user_data_with_and_without_labels_sweeps_with_an_entry_point_method(tmp_path):
     """A driver in a subprocess (its own local Ray): the entry-point method is found on every worker through
     PYTHONPATH (installed, as on a cluster), the loaders module ``cells`` in the working directory is shipped by
