@@ -21,7 +21,7 @@ from tuneclust.sweep import SweepError, run_sweep
 ROOT = Path(__file__).resolve().parents[1]
 
 PRIVATE = re.compile(
-    r"_local_tuner|_run_config\b|_trial_info|_process_bracket|trials_to_unpause|is_being_processed|"
+    r"_local_tuner|_run_config\b|_trial_info|_process_bracket|_quantiles|_trial_state|trials_to_unpause|is_being_processed|"
     r"RAY_AIR_NEW_OUTPUT|tuner\.pkl|ray_bootstrap_config|checkpoint_\(|ray\._private|ray\.\w+(\.\w+)*\._internal|"
     r"from ray[\w.]*\._"
 )
@@ -114,6 +114,35 @@ def test_hyperband_falls_back_to_rays_own_when_its_internals_move():
     sched.on_trial_add(_Controller(), trial)
     sched._process_bracket = None  # as if Ray renamed it: no AttributeError, Ray's own behaviour
     sched.on_trial_remove(_Controller(), trial)
+
+
+class _NoSearch:
+    search_alg = None
+
+
+def test_arm_pbt_ranks_each_trial_among_its_own_arm():
+    """Ray's PBT ranks every trial among all (pinned: it reads ``_trial_state`` in ``_quantiles``); ArmPBT ranks a
+    trial of arm A only among the trials of arm A."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    assert "_trial_state" in inspect.getsource(PopulationBasedTraining._quantiles)
+
+    def ranked(sched, arm):
+        trials = {}
+        for i, (a, score) in enumerate([("A", 1), ("A", 2), ("A", 3), ("A", 4), ("B", 10), ("B", 20)]):
+            t = Trial("f", config={"arm": a, "lr": 0.1}, stub=True, trial_id=f"t{i}")
+            sched.on_trial_add(_NoSearch(), t)
+            sched._trial_state[t].last_score = score
+            sched._trial_state[t].last_result = {"acc": score}
+            trials[t] = a
+        sched._arm = arm
+        lower, upper = sched._quantiles()
+        return {t.trial_id for t in lower}, {t.trial_id for t in upper}
+
+    kw = {"time_attr": "epoch", "metric": "acc", "mode": "max", "hyperparam_mutations": {"lr": [0.1, 0.2]}}
+    assert ranked(PopulationBasedTraining(quantile_fraction=0.25, **kw), "A") == ({"t0", "t1"}, {"t4", "t5"})
+    assert ranked(raycompat.ArmPBT(quantile_fraction=0.25, **kw), "A") == ({"t0"}, {"t3"})
 
 
 def test_resume_output_swaps_the_restored_callbacks():

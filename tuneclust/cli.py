@@ -181,13 +181,15 @@ def _load(path: str, overrides: list[str], smoke: bool = False):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from tuneclust.spec import SpecError
+    from tuneclust.spec import SpecError, unlabelled_data
 
     failed = 0
     for path in args.specs:
         try:
             spec = _load(path, args.overrides)
             line = f"{path}: ok: {spec.name} ({spec.method}), {spec.num_trials()} trials"
+            for name in unlabelled_data(spec):
+                line += f"; data {name}: no labels (label-free metrics only, no acc/nmi/ari)"
             if args.smoke:
                 line += f"; --smoke: {_load(path, args.overrides, smoke=True).num_trials()} trials"
             print(line)
@@ -409,24 +411,28 @@ def config_reference(method: str) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from tuneclust import criteria, metrics
+    from tuneclust.data.plugins import plugin_names
     from tuneclust.data.registry import DATASETS
-    from tuneclust.methods import METHODS, get_method
+    from tuneclust.methods import get_method, method_names
+    from tuneclust.plugins import PluginError
     from tuneclust.spec import DISTRIBUTIONS, SCHEDULERS, SEARCHERS
 
     if args.keys:
-        if args.keys != "all" and args.keys not in METHODS:
-            return _fail(f"--keys: unknown method {args.keys!r}; expected one of {sorted(METHODS)}")
-        print("\n".join(config_reference(m) for m in (METHODS if args.keys == "all" else [args.keys])))
+        names = method_names() if args.keys == "all" else [args.keys]
+        try:
+            print("\n".join(config_reference(m) for m in names))
+        except PluginError as e:  # an unknown name, an import error, a class breaking the contract
+            return _fail(f"--keys: {e}")
         return 0
     print("methods:")
-    for name in METHODS:
+    for name in method_names():
         try:
             cls = get_method(name)
             extra = f"  extra metrics: {', '.join(cls.extra_metrics)}" if cls.extra_metrics else ""
             print(f"  {name:<6} config keys: {', '.join(cls.Config.model_fields)}{extra}")
-        except ImportError as e:
+        except (ImportError, PluginError) as e:
             print(f"  {name:<6} (unavailable: {e})")
-    print(f"datasets: {', '.join(DATASETS)}")
+    print(f"datasets: {', '.join([*DATASETS, *plugin_names()])}")
     print(f"searchers: {', '.join(SEARCHERS)}")
     print(f"schedulers: {', '.join(SCHEDULERS)}")
     print(f"search distributions: {', '.join(DISTRIBUTIONS)}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import HyperBandScheduler
+from ray.tune.schedulers import HyperBandScheduler, PopulationBasedTraining
 
 TESTED_RAY = ("2.60",)
 """Ray releases (major.minor) whose behaviour below was checked."""
@@ -32,6 +32,7 @@ RELIANCES = {
     "error_text": "one-line trial errors (the layout of Ray's error.txt)",
     "autoscaler_config": "the resource check on autoscaling clusters (~/ray_bootstrap_config.yaml)",
     "orphans": "cleaning up after a killed driver (Ray's local processes inherit the driver's environment)",
+    "arm_pbt": "PBT within each ablation arm (PopulationBasedTraining._quantiles, _trial_state)",
 }
 
 
@@ -71,6 +72,35 @@ class HyperBand(HyperBandScheduler):
         ):
             bracket.is_being_processed = False
             process(tune_controller, bracket)
+
+
+class ArmPBT(PopulationBasedTraining):
+    """Ray's asynchronous PBT whose quantiles are taken among the trials of the reporting trial's ``arm``.
+
+    Ray's PBT lets a weak trial copy a strong one's checkpoint *and its whole config*, so with an ablation the arm
+    (its loss weights) is copied too: after a few exploits every trial runs the leading arm and the ablation is
+    gone (seen on the DEC example: four trials of two arms all ended as IDEC). Here each trial is ranked and
+    exploited only against the trials of its own arm, so arms keep their loss weights and PBT tunes the searched
+    keys inside each. Without an ablation (or should Ray's internals move) it is Ray's PBT unchanged."""
+
+    _arm: Any = None
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        self._arm = trial.config.get("arm")
+        try:
+            return super().on_trial_result(tune_controller, trial, result)
+        finally:
+            self._arm = None
+
+    def _quantiles(self) -> tuple[list, list]:
+        everyone = getattr(self, "_trial_state", None)
+        if self._arm is None or not isinstance(everyone, dict):
+            return super()._quantiles()
+        self._trial_state = {t: s for t, s in everyone.items() if t.config.get("arm") == self._arm}
+        try:
+            return super()._quantiles()
+        finally:
+            self._trial_state = everyone
 
 
 def replace_output(tuner: Any, callbacks: list[Any], drop: type, verbose: int) -> bool:

@@ -72,10 +72,10 @@ def _median(spec: Spec) -> Any:
 
 
 def _pbt(spec: Spec) -> Any:
-    from ray.tune.schedulers import PopulationBasedTraining
+    from tuneclust.raycompat import ArmPBT  # exploits within each ablation arm: arms keep their loss weights
 
     s = spec.scheduler
-    return PopulationBasedTraining(
+    return ArmPBT(
         time_attr=s.time_attr,
         perturbation_interval=s.perturbation_interval,
         hyperparam_mutations={k: domain(spec.search[k]) for k in pbt_keys(spec)},

@@ -457,13 +457,11 @@ def _check_numbers(cfg: dict[str, Any], field: str, source: str) -> None:
 
 def _check_semantics(spec: Spec, source: str) -> None:
     """Cross-field checks: names exist, config keys belong to the method, values have the method's types."""
-    from tuneclust.methods import METHODS, get_method
+    from tuneclust.data.plugins import is_plugin
+    from tuneclust.plugins import PluginError
 
-    if spec.method not in METHODS:
-        raise SpecError(
-            source, "method", f"unknown method {short(spec.method)}; {one_of(spec.method, METHODS)}"
-        )
-    if spec.data.name not in DATASETS:
+    method = _method_class(spec, source)
+    if spec.data.name not in DATASETS and not is_plugin(spec.data.name):
         raise SpecError(
             source,
             "data.name",
@@ -471,7 +469,6 @@ def _check_semantics(spec: Spec, source: str) -> None:
         )
     if (spec.data.image_size or 0) > MAX_IMAGE_SIZE:
         raise SpecError(source, "data.image_size", f"must be <= {MAX_IMAGE_SIZE}, got {spec.data.image_size}")
-    method = get_method(spec.method)
     fields = method.Config.model_fields
     data_fields = DataConfig.model_fields
 
@@ -513,7 +510,7 @@ def _check_semantics(spec: Spec, source: str) -> None:
                     DataConfig.model_validate({**spec.data.model_dump(), sub: v})
                 except ValidationError as e:
                     raise SpecError(source, f"{field}.{dim.kind}", _first_error(e)[1]) from None
-                if sub == "name" and v not in DATASETS:
+                if sub == "name" and v not in DATASETS and not is_plugin(str(v)):
                     raise SpecError(
                         source,
                         f"{field}.{dim.kind}",
@@ -575,8 +572,53 @@ def _check_semantics(spec: Spec, source: str) -> None:
     for data in spec.data_configs():
         try:
             check_data(data)
+        except PluginError as e:
+            raise SpecError(source, "data.name", str(e)) from None
         except ValueError as e:
             raise SpecError(source, "data.root" if spec.data.root else "data", str(e)) from None
+    _check_labels(spec, source)
+
+
+def _method_class(spec: Spec, source: str) -> Any:
+    """The spec's method class (built-in, import path or entry point), or a SpecError on ``method``."""
+    from tuneclust.methods import UnknownMethodError, get_method, method_names
+    from tuneclust.plugins import PluginError
+
+    try:
+        return get_method(spec.method)
+    except UnknownMethodError:
+        raise SpecError(
+            source,
+            "method",
+            f"unknown method {short(spec.method)}; {one_of(spec.method, method_names())}, "
+            "or an import path package.module:Class",
+        ) from None
+    except PluginError as e:  # an import error, not a Method, a Config without defaults: one line
+        raise SpecError(source, "method", str(e)) from None
+
+
+def unlabelled_data(spec: Spec) -> list[str]:
+    """The spec's datasets from user loaders that returned no labels (already loaded by validation)."""
+    from tuneclust.data.plugins import is_plugin, probe
+
+    return [
+        d.name
+        for d in spec.data_configs()
+        if d.name not in DATASETS and is_plugin(d.name) and not probe(d).labelled
+    ]
+
+
+def _check_labels(spec: Spec, source: str) -> None:
+    """A dataset from a user loader without labels allows label-free objectives only (known once loaded)."""
+    if spec.objective.metric not in metrics.LABELLED:
+        return
+    for name in unlabelled_data(spec):
+        raise SpecError(
+            source,
+            "objective.metric",
+            f"{spec.objective.metric} needs labels and dataset {short(name)} has none: use a label-free "
+            f"objective ({criteria.DEFAULT} is the default label-free one; see README 'Choosing without labels')",
+        )
 
 
 def _check_selection_objective(spec: Spec, source: str) -> None:

@@ -304,6 +304,7 @@ def run_sweep(
             raycompat.mark_driver()
         ray.init(
             address=address,
+            runtime_env=_ship_plugins(spec, verbose),
             include_dashboard=False,
             log_to_driver=verbose >= progress.RAY_REPORTER,
             logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
@@ -370,6 +371,19 @@ def run_sweep(
     except BaseException:
         _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
         raise
+
+
+def _ship_plugins(spec: Spec, verbose: int) -> dict[str, Any] | None:
+    """Ray's runtime_env that makes the spec's own method/data modules importable on every worker (or None)."""
+    from tuneclust.data.registry import DATASETS
+    from tuneclust.methods import METHODS
+    from tuneclust.plugins import runtime_env
+
+    env = runtime_env(spec.method, [d.name for d in spec.data_configs()], set(METHODS) | set(DATASETS))
+    if env and verbose:
+        shipped = env.get("working_dir") or ", ".join(env.get("py_modules", []))
+        print(f"shipping {shipped} to the Ray workers (runtime_env) for {spec.method}", flush=True)
+    return env
 
 
 def _resume_output(tuner: Any, spec: Spec, verbose: int) -> None:

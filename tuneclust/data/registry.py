@@ -37,7 +37,8 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "digits"
-    """Registry name, see ``python -m tuneclust list``."""
+    """Registry name (``python -m tuneclust list``), an import path ``package.module:loader`` or the name of an
+    entry point of group ``tuneclust.datasets`` (README "Your own data")."""
     root: str | None = None
     """Where the files live (torchvision datasets: download dir; ``imagefolder``/``npz``: the folder or file).
     Default: ``$TUNECLUST_DATA`` or ``~/.tuneclust/data``."""
@@ -418,11 +419,25 @@ def check_data(cfg: DataConfig) -> None:
         DataError: with a one-line message naming the dataset or path.
     """
     if cfg.name not in DATASETS:
-        raise DataError(f"unknown dataset {cfg.name!r}; expected one of {sorted(DATASETS)}")
+        _check_plugin(cfg)
+        return
     if cfg.name in ("imagefolder", "npz"):
         _check_path(cfg, want_dir=cfg.name == "imagefolder")
     if cfg.name == "mnist5k":
         _mnist5k_path()
+
+
+def _check_plugin(cfg: DataConfig) -> None:
+    """A loader from outside the registry (:mod:`tuneclust.data.plugins`): called once and its output checked."""
+    from tuneclust.data import plugins
+
+    if not plugins.is_plugin(cfg.name):
+        raise DataError(
+            f"unknown dataset {cfg.name!r}; expected one of {sorted(DATASETS) + plugins.plugin_names()} "
+            "or an import path package.module:loader"
+        )
+    if not plugins.probe(cfg).labelled and cfg.num_classes is None:
+        raise DataError(f"dataset {cfg.name!r} has no labels: set data.num_classes")
 
 
 def prepare_data(cfg: DataConfig) -> None:
@@ -472,8 +487,13 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     Raises:
         DataError: unknown name, missing files, bad layout, or a step that needs labels/images it lacks.
     """
-    check_data(cfg)
-    x, y = DATASETS[cfg.name](cfg)  # the loader applies the split
+    if cfg.name in DATASETS:
+        check_data(cfg)
+        x, y = DATASETS[cfg.name](cfg)  # the loader applies the split
+    else:
+        from tuneclust.data import plugins
+
+        x, y = plugins.load(cfg)  # checked: shape, dtype, range, labels
     if cfg.imbalance_r_min is not None:
         if y is None:
             raise DataError(f"dataset {cfg.name!r} has no labels: data.imbalance_r_min needs them")
