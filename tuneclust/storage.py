@@ -96,11 +96,12 @@ class Location:
     def is_file(self) -> bool:
         return self.fs.get_file_info(self.path).type == pafs.FileType.File
 
-    def has_children(self) -> bool:
-        """True when this is a folder holding anything (always False for a missing path)."""
+    def has_children(self, ignore: tuple[str, ...] = ()) -> bool:
+        """True when this is a folder holding anything but the names in ``ignore`` (False for a missing path)."""
         if self.fs.get_file_info(self.path).type != pafs.FileType.Directory:
             return False
-        return bool(self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)))
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return any(i.base_name not in ignore for i in infos)
 
     def files(self, suffix: str = "") -> list[Location]:
         """The files directly in this folder whose name ends with ``suffix`` (sorted; none if missing)."""
@@ -115,6 +116,16 @@ class Location:
         """Remove this folder and everything in it (nothing when missing)."""
         if self.fs.get_file_info(self.path).type == pafs.FileType.Directory:
             self.fs.delete_dir(self.path)
+
+    def clear(self, keep: tuple[str, ...] = ()) -> None:
+        """Remove everything in this folder except the entries named in ``keep`` (nothing when missing)."""
+        for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
+            if info.base_name in keep:
+                continue
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(info.path)
+            else:
+                self.fs.delete_file(info.path)
 
     def read_bytes(self) -> bytes:
         with self.fs.open_input_stream(self.path) as f:
