@@ -180,6 +180,21 @@ def test_a_later_writer_within_the_settle_window_wins(root, monkeypatch):
     assert lease.read(folder / lease.NAME)["token"] == "f" * 32
 
 
+def test_overwrite_keeps_the_lease_and_a_lease_alone_is_no_results(root):
+    """``--overwrite`` clears the folder but the lease (and a heartbeat's temp file); the lease alone (left by a
+    driver killed before it wrote anything) is not "results" that would need --resume or --overwrite."""
+    folder = locate(root) / "sw"
+    (folder / lease.NAME).write_text("{}")
+    assert not folder.has_children(ignore=(lease.NAME,))
+    (folder / "tables" / "epochs" / "t.parquet").write_text("x")
+    (folder / "spec.yaml").write_text("x")
+    (folder / f".{lease.NAME}.0123.tmp").write_text("x")  # what Location.write_bytes renames over it locally
+    assert folder.has_children(ignore=(lease.NAME,))
+    folder.clear(keep=(lease.NAME,))
+    assert not folder.has_children(ignore=(lease.NAME,)) and (folder / lease.NAME).exists()
+    assert (folder / f".{lease.NAME}.0123.tmp").exists() and not (folder / "spec.yaml").exists()
+
+
 def _spec(tmp_path: Path, name: str = "s", epochs: int = 2, uri: str | None = None) -> Path:
     p = tmp_path / f"{name}.yaml"
     p.write_text(SPEC.format(name=name, epochs=epochs, uri=uri or f"sqlite:///{tmp_path / 'mlflow.db'}"))
@@ -249,8 +264,6 @@ class _Health(http.server.BaseHTTPRequestHandler):
 
 
 def test_mlflow_server_must_answer_before_start(tmp_path, capsys, monkeypatch):
-    from tuneclust.preflight import PreflightError, check_mlflow_server
-
     monkeypatch.chdir(tmp_path)
     closed = f"http://127.0.0.1:{_free_port()}"
     spec = _spec(tmp_path, uri=closed)
@@ -260,6 +273,8 @@ def test_mlflow_server_must_answer_before_start(tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and len(err[0]) <= 300, err
     assert f"the MLflow server at {closed} is not reachable" in err[0] and "refused" in err[0], err
     assert time.time() - t0 < 20 and sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+    from tuneclust.preflight import PreflightError, check_mlflow_server
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -314,19 +329,24 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
     import pandas as pd
 
     spec, storage, out = _spec(tmp_path, "two", epochs=6), tmp_path / "runs", tmp_path / "runs" / "two"
-    first = subprocess.Popen(_driver(spec, storage), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)  # fmt: skip
-    _wait(lambda: (out / lease.NAME).exists() and (out / "tuner.pkl").exists(), first)
-    second = subprocess.run(_driver(spec, storage, "--resume"), env=_env(), capture_output=True, text=True,
-                            timeout=120)  # fmt: skip
-    assert second.returncode == 2, second.stderr[-2000:]
-    err = second.stderr.strip().splitlines()
-    assert len(err) == 1 and "this sweep is running: pid" in err[0], err
-    assert f"pid {first.pid} on host {socket.gethostname()}" in err[0] and "--takeover" in err[0], err
-    stdout, stderr = first.communicate(timeout=400)
-    assert first.returncode == 0, stderr[-2000:]
-    assert "3 trials: 3 finished, 0 errored, 0 unfinished" in stdout
-    assert not (out / lease.NAME).exists()
+    first = subprocess.Popen(_driver(spec, storage), env=_env(), start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _wait(lambda: (out / lease.NAME).exists() and (out / "tuner.pkl").exists(), first)
+        second = subprocess.run(_driver(spec, storage, "--resume"), env=_env(), capture_output=True, text=True,
+                                timeout=120)  # fmt: skip
+        assert second.returncode == 2, second.stderr[-2000:]
+        err = second.stderr.strip().splitlines()
+        assert len(err) == 1 and "this sweep is running: pid" in err[0], err
+        assert f"pid {first.pid} on host {socket.gethostname()}" in err[0] and "--takeover" in err[0], err
+        stdout, stderr = first.communicate(timeout=400)
+        assert first.returncode == 0, stderr[-2000:]
+        assert "3 trials: 3 finished, 0 errored, 0 unfinished" in stdout
+        assert not (out / lease.NAME).exists()
+    finally:
+        if first.poll() is None:  # a failed assertion: do not leave the driver (and its Ray) running
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
     children = _children(f"sqlite:///{tmp_path / 'mlflow.db'}", "two")
     ids = [r.data.tags["tuneclust.trial_id"] for r in children]
     assert len(ids) == 3 and len(set(ids)) == 3, ids  # one child run per trial: nothing ran twice

@@ -1,19 +1,16 @@
 """One driver per sweep: a lease file, ``<storage>/<name>/lease.json``, written through the sweep's Location.
 
-It names its holder (host, pid, start time, command line), carries a random token and a heartbeat time that a
-daemon thread in the driver renews every :data:`RENEW_S` seconds. Another driver refuses to start while the lease
-is live; a lease whose heartbeat is older than :data:`STALE_S`, or held on this host by a pid that no longer exists,
-is taken over with a warning; ``--takeover`` forces it. The holder deletes it on every exit (only if the token is
-still its own); a holder whose token was replaced stops renewing and warns.
-
-Object stores have no lock and pyarrow's filesystems no conditional put, so acquisition is write-then-verify on
-every filesystem: write the lease with our token, wait :data:`SETTLE_S`, read it back; another token there means
-another driver wrote after us and we refuse. S3 (and GCS, Azure, local/NFS renames) are read-after-write
-consistent, so the read-back sees the last writer: of two drivers writing within the settle window the last one
-wins and the first one sees that. Limits: a driver that stalls longer than SETTLE_S between reading "no live lease"
-and writing its own could still overwrite a winner that had verified already (that winner's heartbeat thread then
-sees the foreign token, stops and warns); heartbeat ages compare the reader's clock with the holder's, so clocks
-must agree to well within STALE_S. Each delay can be overridden by ``TUNECLUST_LEASE_{RENEW,STALE,SETTLE}_S``.
+It names its holder (host, pid, start time, command line) and carries a random token and a heartbeat time that a
+daemon thread of the driver renews every :data:`RENEW_S` s. Another driver refuses to start while it is live; one
+whose heartbeat is older than :data:`STALE_S`, or held on this host by a pid that is gone, is taken over with a
+warning; ``--takeover`` forces it. The holder deletes it on every exit if the token is still its own; a holder whose
+token was replaced stops renewing and warns. Object stores have no lock and pyarrow's filesystems no conditional
+put, so acquiring is write-then-verify everywhere: write with our token, wait :data:`SETTLE_S`, read back; another
+token means another driver wrote after us: we refuse. S3 (like GCS, Azure, local/NFS renames) is read-after-write
+consistent, so the read-back sees the last writer: of two drivers writing within the settle window the last wins.
+Limits: a driver stalled for over SETTLE_S between finding no live lease and writing its own can overwrite a winner
+that had verified (whose heartbeat then sees the foreign token, stops and warns); heartbeat ages compare two hosts'
+clocks, which must agree to well within STALE_S. ``TUNECLUST_LEASE_{RENEW,STALE,SETTLE}_S`` override the delays.
 """
 
 from __future__ import annotations
@@ -46,11 +43,13 @@ class LeaseError(RuntimeError):
 
 
 def setting(name: str, default: float) -> float:
-    """``$TUNECLUST_LEASE_<NAME>_S`` if set (tests shorten the delays), else ``default``."""
-    return float(os.environ.get(f"TUNECLUST_LEASE_{name}_S") or default)
+    """``$TUNECLUST_LEASE_<NAME>_S`` if set to a number >= 0 (tests shorten the delays), else ``default``."""
+    text = os.environ.get(f"TUNECLUST_LEASE_{name}_S", "")
+    return float(text) if text.replace(".", "", 1).isdigit() else default
 
 
 def default_command() -> str:
+    """This process's command line (``python -m tuneclust ...`` when run so)."""
     argv = list(sys.argv)
     if argv and argv[0].endswith(os.path.join("tuneclust", "__main__.py")):
         argv = ["python", "-m", "tuneclust", *argv[1:]]
@@ -67,7 +66,10 @@ def read(loc: Location) -> dict[str, Any] | None:
         if not loc.exists():
             return None
         raise
-    return data if isinstance(data, dict) and "token" in data else None
+    if not isinstance(data, dict) or not isinstance(data.get("token"), str):
+        return None
+    numbers = all(isinstance(data.get(k), int | float) for k in ("heartbeat", "started"))
+    return data if numbers else None
 
 
 def dead_here(lease: dict[str, Any]) -> bool:
@@ -83,10 +85,10 @@ def dead_here(lease: dict[str, Any]) -> bool:
     return False
 
 
-def describe(lease: dict[str, Any], now: float | None = None) -> str:
+def describe(lease: dict[str, Any]) -> str:
     """``pid P on host H since T (heartbeat N s ago): COMMAND`` (one line)."""
-    age = (now or time.time()) - float(lease.get("heartbeat", 0))
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(lease.get("started", 0))))
+    age = time.time() - float(lease["heartbeat"])
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(lease["started"])))
     who = f"pid {lease.get('pid')} on host {clip(lease.get('host'), 40)}"
     return f"{who} since {started} (heartbeat {age:.0f} s ago): {clip(lease.get('command', '?'), 80)}"
 
@@ -97,8 +99,9 @@ def where(loc: Location) -> str:
     return text if len(text) <= 60 else "..." + text[-57:]
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+def _warn(loc: Location, message: str | OSError) -> None:
+    text = str(message).strip().splitlines()[0] if str(message).strip() else repr(message)
+    print(f"warning: {where(loc)}: {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -121,10 +124,6 @@ class Lease:
     def token(self) -> str:
         return self.record["token"]
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._beat, name="tuneclust-lease", daemon=True)
-        self._thread.start()
-
     def _beat(self) -> None:
         while not self._stop.wait(self.renew_s):
             try:
@@ -132,16 +131,12 @@ class Lease:
                 if current is None or current.get("token") != self.token:
                     self.lost = True
                     holder = describe(current) if current else "nobody (the lease was deleted)"
-                    _warn(
-                        f"{where(self.loc)}: this sweep's lease was taken over by {holder}; no longer renewing it"
-                    )
+                    _warn(self.loc, f"this sweep's lease was taken over by {holder}; no longer renewing it")
                     return
                 self.record["heartbeat"] = time.time()
                 self.loc.write_text(json.dumps(self.record))
             except OSError as e:  # a transient storage error: try again at the next beat
-                _warn(
-                    f"{where(self.loc)}: lease heartbeat failed: {str(e).splitlines()[0] if str(e) else e!r}"
-                )
+                _warn(self.loc, f"lease heartbeat failed: {e}")
 
     def release(self) -> None:
         """Stop renewing; delete the lease if it is still ours (and the sweep folder if the lease made it)."""
@@ -155,9 +150,7 @@ class Lease:
             if self.created_dir and not self.folder.has_children():
                 self.folder.delete()
         except OSError as e:
-            _warn(
-                f"{where(self.loc)}: could not release the lease: {str(e).splitlines()[0] if str(e) else e!r}"
-            )
+            _warn(self.loc, f"could not release the lease: {e}")
 
 
 def acquire(folder: Location, *, takeover: bool = False, command: str | None = None) -> Lease:
@@ -170,14 +163,14 @@ def acquire(folder: Location, *, takeover: bool = False, command: str | None = N
     stale_s = setting("STALE", STALE_S)
     current = read(loc)
     if current is not None:
-        age = time.time() - float(current.get("heartbeat", 0))
+        age = time.time() - float(current["heartbeat"])
         if takeover:
-            _warn(f"{where(loc)}: --takeover: taking this sweep over from {describe(current)}")
+            _warn(loc, f"--takeover: taking this sweep over from {describe(current)}")
         elif dead_here(current):
-            _warn(f"{where(loc)}: taking over the lease of a driver that is gone ({describe(current)})")
+            _warn(loc, f"taking over the lease of a driver that is gone ({describe(current)})")
         elif age > stale_s:
             _warn(
-                f"{where(loc)}: taking over a stale lease (no heartbeat for over {stale_s:g} s; {describe(current)})"
+                loc, f"taking over a stale lease (no heartbeat for over {stale_s:g} s; {describe(current)})"
             )
         else:
             raise LeaseError(
@@ -201,5 +194,6 @@ def acquire(folder: Location, *, takeover: bool = False, command: str | None = N
         who = describe(winner) if winner else "a driver that deleted it"
         raise LeaseError(f"{where(loc)}: another driver took this sweep at the same time: {who}")
     lease = Lease(folder, record, setting("RENEW", RENEW_S), created_dir=created_dir)
-    lease.start()
+    lease._thread = threading.Thread(target=lease._beat, name="tuneclust-lease", daemon=True)
+    lease._thread.start()
     return lease

@@ -97,11 +97,12 @@ class Location:
         return self.fs.get_file_info(self.path).type == pafs.FileType.File
 
     def has_children(self, ignore: tuple[str, ...] = ()) -> bool:
-        """True when this is a folder holding anything but the names in ``ignore`` (False for a missing path)."""
+        """True when this is a folder holding anything but the files named in ``ignore`` (and their temp files
+        while :meth:`write_bytes` replaces them); False for a missing path."""
         if self.fs.get_file_info(self.path).type != pafs.FileType.Directory:
             return False
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        return any(i.base_name not in ignore for i in infos)
+        return any(not _named(i.base_name, ignore) for i in infos)
 
     def files(self, suffix: str = "") -> list[Location]:
         """The files directly in this folder whose name ends with ``suffix`` (sorted; none if missing)."""
@@ -120,7 +121,7 @@ class Location:
     def clear(self, keep: tuple[str, ...] = ()) -> None:
         """Remove everything in this folder except the entries named in ``keep`` (nothing when missing)."""
         for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
-            if info.base_name in keep:
+            if _named(info.base_name, keep):
                 continue
             if info.type == pafs.FileType.Directory:
                 self.fs.delete_dir(info.path)
@@ -147,6 +148,13 @@ class Location:
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
+
+
+def _named(base_name: str, names: tuple[str, ...]) -> bool:
+    """``base_name`` is one of ``names``, or the temp file :meth:`Location.write_bytes` is writing one through."""
+    return base_name in names or any(
+        base_name.startswith(f".{n}.") and base_name.endswith(".tmp") for n in names
+    )
 
 
 def locate(storage: str | Path | Location) -> Location:

@@ -385,7 +385,7 @@ def run_sweep(
         raise SweepError(str(e)) from None
     except OSError as e:
         raise SweepError(
-            f"{out}: cannot write the sweep's lease: {str(e).splitlines()[0] if str(e) else e!r}"
+            f"{out}: cannot take the sweep's lease: {str(e).splitlines()[0] if str(e) else e!r}"
         ) from None
     try:
         _check_state(out, resume, overwrite)
