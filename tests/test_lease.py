@@ -249,6 +249,18 @@ def test_the_lease_is_released_on_errors_and_ctrl_c(tmp_path, monkeypatch):
     with pytest.raises(sweep.SweepError, match="nothing to resume"):
         sweep.run_sweep(spec, resume=True, verbose=0)
     assert not out.exists()
+    calls, real_read = [], lease.read
+
+    def interrupted_read_back(loc):  # Ctrl-C while the new lease settles, before it is read back
+        calls.append(loc)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_read(loc)
+
+    monkeypatch.setattr(lease, "read", interrupted_read_back)
+    with pytest.raises(KeyboardInterrupt):
+        lease.acquire(locate(out))
+    assert len(calls) == 3 and not out.exists()  # the third read: release found its own token and deleted it
 
 
 class _Health(http.server.BaseHTTPRequestHandler):

@@ -177,23 +177,20 @@ def acquire(folder: Location, *, takeover: bool = False, command: str | None = N
                 f"{where(loc)}: this sweep is running: {describe(current)}; if it is gone, rerun with "
                 f"--takeover (or wait until its heartbeat is {stale_s:g} s old)"
             )
-    created_dir = not folder.exists()
     now = time.time()
-    record = {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": now,
-        "command": command or default_command(),
-        "token": secrets.token_hex(16),
-        "heartbeat": now,
-    }
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
+              "command": command or default_command(), "token": secrets.token_hex(16)}  # fmt: skip
+    lease = Lease(folder, record, setting("RENEW", RENEW_S), created_dir=not folder.exists())
     loc.write_text(json.dumps(record))
-    time.sleep(setting("SETTLE", SETTLE_S))
-    winner = read(loc)
+    try:
+        time.sleep(setting("SETTLE", SETTLE_S))
+        winner = read(loc)
+    except BaseException:  # Ctrl-C while settling: leave no lease behind
+        lease.release()
+        raise
     if winner is None or winner.get("token") != record["token"]:
         who = describe(winner) if winner else "a driver that deleted it"
         raise LeaseError(f"{where(loc)}: another driver took this sweep at the same time: {who}")
-    lease = Lease(folder, record, setting("RENEW", RENEW_S), created_dir=created_dir)
     lease._thread = threading.Thread(target=lease._beat, name="tuneclust-lease", daemon=True)
     lease._thread.start()
     return lease
