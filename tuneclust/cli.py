@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--overwrite", action="store_true", help="delete earlier results of this sweep and start over"
     )
+    s.add_argument("--takeover", action="store_true", help="run even if another driver holds this sweep's lease "
+                   "(it is still running, or died on another host less than a minute ago); that driver is named")  # fmt: skip
     s.add_argument(
         "--address", help="Ray cluster address (e.g. 'auto' on a `ray up` head node); default: local Ray"
     )
@@ -239,6 +241,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             address=args.address,
             verbose=0 if args.quiet else 2 if args.verbose else 1,
+            takeover=args.takeover,
         )
     except SweepError as e:
         return _fail(str(e))

@@ -109,6 +109,35 @@ def check_mlflow(uri: str) -> None:
             )
 
 
+MLFLOW_TIMEOUT_S = 5.0
+"""How long the start check waits for an ``http(s)://`` MLflow tracking server to answer."""
+
+
+def check_mlflow_server(uri: str, timeout: float = MLFLOW_TIMEOUT_S) -> None:
+    """An ``http(s)://`` tracking server answers ``GET <uri>/health`` (``mlflow server`` serves it) within
+    ``timeout`` seconds. Any HTTP answer below 500 counts (an auth proxy's 401 is MLflow's business later);
+    a refused connection, a timeout, a name that does not resolve or a 5xx is one :class:`PreflightError` line."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code < 500:
+            return
+        why = f"HTTP {e.code} {e.reason}"
+    except urllib.error.URLError as e:
+        why = str(e.reason)
+    except (OSError, ValueError) as e:  # a timeout while reading, a malformed URL
+        why = str(e) or type(e).__name__
+    raise PreflightError(
+        f"tracking.mlflow.uri: the MLflow server at {clip(uri, 100)} is not reachable ({clip(why, 100)}); "
+        "start it, or fix the URI"
+    )
+
+
 def local_capacity() -> tuple[float, float]:
     """CPUs and GPUs of this machine (what a local Ray would offer), without starting Ray."""
     cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -149,6 +178,8 @@ def check_local(
         check_storage(out)
     if mlflow_uri is not None:
         check_mlflow(mlflow_uri)
+        if mlflow_uri.lower().startswith(("http://", "https://")):
+            check_mlflow_server(mlflow_uri)
     if address is None:
         check_resources_local(spec)
 

@@ -96,11 +96,13 @@ class Location:
     def is_file(self) -> bool:
         return self.fs.get_file_info(self.path).type == pafs.FileType.File
 
-    def has_children(self) -> bool:
-        """True when this is a folder holding anything (always False for a missing path)."""
+    def has_children(self, ignore: tuple[str, ...] = ()) -> bool:
+        """True when this is a folder holding anything but the files named in ``ignore`` (and their temp files
+        while :meth:`write_bytes` replaces them); False for a missing path."""
         if self.fs.get_file_info(self.path).type != pafs.FileType.Directory:
             return False
-        return bool(self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)))
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return any(not _named(i.base_name, ignore) for i in infos)
 
     def files(self, suffix: str = "") -> list[Location]:
         """The files directly in this folder whose name ends with ``suffix`` (sorted; none if missing)."""
@@ -115,6 +117,16 @@ class Location:
         """Remove this folder and everything in it (nothing when missing)."""
         if self.fs.get_file_info(self.path).type == pafs.FileType.Directory:
             self.fs.delete_dir(self.path)
+
+    def clear(self, keep: tuple[str, ...] = ()) -> None:
+        """Remove everything in this folder except the entries named in ``keep`` (nothing when missing)."""
+        for info in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True)):
+            if _named(info.base_name, keep):
+                continue
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(info.path)
+            else:
+                self.fs.delete_file(info.path)
 
     def read_bytes(self) -> bytes:
         with self.fs.open_input_stream(self.path) as f:
@@ -136,6 +148,13 @@ class Location:
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
+
+
+def _named(base_name: str, names: tuple[str, ...]) -> bool:
+    """``base_name`` is one of ``names``, or the temp file :meth:`Location.write_bytes` is writing one through."""
+    return base_name in names or any(
+        base_name.startswith(f".{n}.") and base_name.endswith(".tmp") for n in names
+    )
 
 
 def locate(storage: str | Path | Location) -> Location:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tuneclust import answer, preflight, progress, raycompat, report, runtime, tracking
+from tuneclust import answer, lease, preflight, progress, raycompat, report, runtime, tracking
 from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
 from tuneclust.schedulers import build_scheduler, pbt_keys
 from tuneclust.searchers import build_searcher
@@ -273,11 +273,11 @@ def run_sweep(
     overwrite: bool = False,
     address: str | None = None,
     verbose: int = 1,
+    takeover: bool = False,
 ) -> Any:
     """Run (or resume) a sweep; returns Ray's ResultGrid. Raises :class:`SweepError` before writing anything
-    if the results folder is in the wrong state or the cluster cannot host a trial."""
-    import ray
-
+    if the results folder is in the wrong state, another driver runs this sweep (its lease, :mod:`tuneclust.lease`;
+    ``takeover`` takes it anyway) or the cluster cannot host a trial. The lease is held until this returns."""
     raycompat.warn(raycompat.version_warning())
     root = storage_root(spec, storage)
     out = root / spec.name
@@ -288,14 +288,47 @@ def run_sweep(
         preflight.check_local(spec, Path(out.path) if out.local else out, mlflow_uri, storage, address)
     except preflight.PreflightError as e:
         raise SweepError(str(e)) from None
-    started = (out / raycompat.TUNER_STATE).exists()
-    if resume and not started:
+    try:
+        held = lease.acquire(out, takeover=takeover)
+    except lease.LeaseError as e:
+        raise SweepError(str(e)) from None
+    except OSError as e:
+        raise SweepError(
+            f"{out}: cannot take the sweep's lease: {str(e).splitlines()[0] if str(e) else e!r}"
+        ) from None
+    try:
+        _check_state(out, resume, overwrite)
+        return _run(spec, root, out, mlflow_uri, storage=storage, resume=resume, overwrite=overwrite,
+                    address=address, verbose=verbose)  # fmt: skip
+    finally:
+        held.release()
+
+
+def _check_state(out: Location, resume: bool, overwrite: bool) -> None:
+    """The results folder fits the command: ``--resume`` needs an earlier sweep; a new one an empty folder."""
+    if resume and not (out / raycompat.TUNER_STATE).exists():
         raise SweepError(f"{out}: nothing to resume (no earlier sweep with this name there)")
-    if not resume and out.has_children():
-        if not overwrite:
-            raise SweepError(
-                f"{out} already holds results: pass --resume to continue it, or --overwrite to start over"
-            )
+    if not resume and not overwrite and out.has_children(ignore=(lease.NAME,)):
+        raise SweepError(
+            f"{out} already holds results: pass --resume to continue it, or --overwrite to start over"
+        )
+
+
+def _run(
+    spec: Spec,
+    root: Location,
+    out: Location,
+    mlflow_uri: str | None,
+    *,
+    storage: str | None,
+    resume: bool,
+    overwrite: bool,
+    address: str | None,
+    verbose: int,
+) -> Any:
+    """:func:`run_sweep` once its checks passed and its lease is held: start Ray, write the spec, fit."""
+    import ray
+
     _prepare_data(spec)
     progress.silence_ray(verbose)
     if not ray.is_initialized():
@@ -321,7 +354,7 @@ def run_sweep(
             raise SweepError(str(e)) from None
     datasets = _share_datasets(spec)
     if overwrite and not resume:
-        out.delete()
+        out.clear(keep=(lease.NAME,))  # the lease stays: this driver holds it
     out.mkdir()
     spec_text = yaml.safe_dump(stored_spec(spec, storage), sort_keys=False)
     if not resume:
@@ -332,6 +365,25 @@ def run_sweep(
     )
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state: at most 5 s behind a crash
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    tuner = _tuner(spec, root, out, trainable, spec_text, mlflow_uri, resume, verbose)
+    try:
+        return tuner.fit()  # the callback writes the whole tables at the end of the experiment
+    except BaseException:
+        _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
+        raise
+
+
+def _tuner(
+    spec: Spec,
+    root: Location,
+    out: Location,
+    trainable: Any,
+    spec_text: str,
+    mlflow_uri: str | None,
+    resume: bool,
+    verbose: int,
+) -> Any:
+    """A new ``tune.Tuner`` for the sweep, or the interrupted one restored from ``out`` (``resume``)."""
     fs = None if root.local else root.fs  # a URI: Ray's checkpoints and experiment state go through it too
     if resume:
         tuner = tune.Tuner.restore(
@@ -366,11 +418,7 @@ def run_sweep(
                 verbose=1 if verbose >= progress.RAY_REPORTER else 0,
             ),
         )
-    try:
-        return tuner.fit()  # the callback writes the whole tables at the end of the experiment
-    except BaseException:
-        _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
-        raise
+    return tuner
 
 
 def _ship_plugins(spec: Spec, verbose: int) -> dict[str, Any] | None:
