@@ -183,7 +183,8 @@ def _load(path: str, overrides: list[str], smoke: bool = False):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from tuneclust.spec import SpecError, unlabelled_data
+    from tuneclust.rules import unlabelled_data
+    from tuneclust.spec import SpecError
 
     failed = 0
     for path in args.specs:

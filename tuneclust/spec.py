@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tuneclust import criteria, metrics, partitions
-from tuneclust.data.registry import DATASETS, DataConfig, check_data
-from tuneclust.plan import SweepPlan, merge, method_config
+from tuneclust import metrics, partitions, rules
+from tuneclust.data.registry import DataConfig
+from tuneclust.plan import SweepPlan
 from tuneclust.runtime import RuntimeConfig
 from tuneclust.space import SearchSpace
 from tuneclust.yamlsafe import YamlError, clip, first_non_finite, short
@@ -31,10 +31,6 @@ TIME_ATTRS = ("epoch", "step", "training_iteration")
 MAX_NAME = 100
 """Longest sweep name: it names a folder (and MLflow runs)."""
 MAX_EPOCHS = 100_000
-MAX_BATCH = 65_536
-MAX_INT = 2**53
-"""Largest magnitude of an integer config value (beyond it floats lose integers; no hyperparameter needs it)."""
-MAX_IMAGE_SIZE = 1024
 MAX_SPEC_BYTES = 1 << 20
 URI_SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql", "uc", "databricks-uc")
 """Tracking-URI schemes MLflow 3 accepts as a tracking store (``file:`` stores are refused by MLflow 3.x)."""
@@ -51,16 +47,6 @@ class SpecError(ValueError):
         self.source, self.field, self.message = source, field, message
         line = " ".join((f"{source}: {field}: {message}" if field else f"{source}: {message}").split())
         super().__init__(line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "...")
-
-
-def one_of(value: Any, options: Any) -> str:
-    """``expected one of ...`` (capped), led by the closest option when ``value`` looks like a typo of it."""
-    import difflib
-
-    names = sorted(str(o) for o in options)
-    close = difflib.get_close_matches(str(value)[:100], names, n=1)
-    listed = clip(", ".join(names), 160)
-    return f"did you mean {close[0]!r}? expected one of {listed}" if close else f"expected one of {listed}"
 
 
 class _Strict(BaseModel):
@@ -417,230 +403,14 @@ def validate_spec(raw: dict[str, Any], source: str = "<spec>") -> Spec:
         # but never a string or a bool for a number
         spec = Spec.model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as e:
-        raise SpecError(source, *_first_error(e)) from None
+        raise SpecError(source, *rules.first_error(e)) from None
     except (TypeError, ValueError) as e:  # json.dumps of something a plain YAML document cannot hold
         raise SpecError(source, "", f"not a plain spec document ({short(str(e), 80)})") from None
-    _check_semantics(spec, source)
-    return spec
-
-
-def _first_error(e: ValidationError) -> tuple[str, str]:
-    errs = e.errors()
-    err = errs[0]
-    loc = [
-        str(p)
-        for p in err["loc"]
-        if not (isinstance(p, str) and p in ("fifo", "asha", "hyperband", "median", "pbt"))
-    ]
-    field = clip(".".join(loc), 100)
-    msg = " ".join(err["msg"].removeprefix("Value error, ").split())[:200]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif err["type"] == "missing":
-        msg = "required key is missing"
-    elif "input" in err and err["type"] not in ("union_tag_invalid",) and not isinstance(err["input"], dict):
-        msg += f" (got {short(err['input'])})"
-    more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
-    return field, msg + more
-
-
-def _check_numbers(cfg: dict[str, Any], field: str, source: str) -> None:
-    """Upper bounds on method config values that the method's own types leave open."""
-    for key, v in cfg.items():
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            continue
-        if isinstance(v, int) and abs(v) > MAX_INT:
-            raise SpecError(source, f"{field}.{key}", f"integer too large (|value| <= 2**53), got {short(v)}")
-        if key == "batch_size" and v > MAX_BATCH:
-            raise SpecError(source, f"{field}.{key}", f"must be <= {MAX_BATCH}, got {short(v)}")
-
-
-def _check_semantics(spec: Spec, source: str) -> None:
-    """Cross-field checks: names exist, config keys belong to the method, values have the method's types."""
-    from tuneclust.data.plugins import is_plugin
-    from tuneclust.plugins import PluginError
-
-    method = _method_class(spec, source)
-    if spec.data.name not in DATASETS and not is_plugin(spec.data.name):
-        raise SpecError(
-            source,
-            "data.name",
-            f"unknown dataset {short(spec.data.name)}; {one_of(spec.data.name, DATASETS)}",
-        )
-    if (spec.data.image_size or 0) > MAX_IMAGE_SIZE:
-        raise SpecError(source, "data.image_size", f"must be <= {MAX_IMAGE_SIZE}, got {spec.data.image_size}")
-    fields = method.Config.model_fields
-    data_fields = DataConfig.model_fields
-
-    def check_cfg(cfg: dict[str, Any], field: str) -> None:
-        _check_numbers(cfg, field, source)
-        try:
-            method_config(spec.method, cfg)
-        except ValidationError as e:
-            sub, msg = _first_error(e)
-            raise SpecError(source, f"{field}.{sub}" if sub else field, msg) from None
-
-    for key in spec.config:
-        if key not in fields:
-            raise SpecError(
-                source,
-                f"config.{clip(key, 60)}",
-                f"unknown {spec.method} config key; {one_of(key, fields)}",
-            )
-    check_cfg(merge(spec.config, {}, {}, {})[0], "config")
-    for arm, over in spec.ablation.items():
-        for key in over:
-            if key not in fields:
-                raise SpecError(
-                    source, f"ablation.{arm}.{clip(key, 60)}", f"unknown {spec.method} config key"
-                )
-            if key in spec.search:
-                raise SpecError(
-                    source, f"ablation.{arm}.{key}", "also a search key: an arm must not fix a searched key"
-                )
-        check_cfg(merge(spec.config, over, {}, {})[0], f"ablation.{arm}")
-    for key, dim in spec.search.items():
-        field = f"search.{clip(key, 60)}"
-        if key.startswith("data."):
-            sub = key[5:]
-            if sub not in data_fields:
-                raise SpecError(source, field, f"unknown data field {short(sub)}; {one_of(sub, data_fields)}")
-            for v in dim.probes():
-                try:
-                    DataConfig.model_validate({**spec.data.model_dump(), sub: v})
-                except ValidationError as e:
-                    raise SpecError(source, f"{field}.{dim.kind}", _first_error(e)[1]) from None
-                if sub == "name" and v not in DATASETS and not is_plugin(str(v)):
-                    raise SpecError(
-                        source,
-                        f"{field}.{dim.kind}",
-                        f"unknown dataset {short(v)}; {one_of(v, DATASETS)}",
-                    )
-            continue
-        if key not in fields:
-            raise SpecError(source, field, f"unknown {spec.method} config key; {one_of(key, fields)}")
-        for v in dim.probes():
-            try:
-                _check_numbers({key: v}, f"{field}.{dim.kind}", source)
-                method_config(spec.method, merge(spec.config, {}, {}, {key: v})[0])
-            except ValidationError as e:
-                raise SpecError(source, f"{field}.{dim.kind}", _first_error(e)[1]) from None
-    if spec.searcher.type == "grid" and spec.space.sampled_dims():
-        bad = next(iter(spec.space.sampled_dims()))
-        raise SpecError(
-            source, f"search.{bad}", "searcher grid needs grid/choice values; use searcher random or optuna"
-        )
-    trials = spec.num_trials()
-    if trials > spec.max_trials:
-        raise SpecError(
-            source,
-            "num_samples",
-            f"the sweep would run {trials} trials, more than max_trials ({spec.max_trials}); "
-            "lower num_samples or the grid, or raise max_trials on purpose",
-        )
-    known = set(metrics.LABELLED + metrics.LABEL_FREE + criteria.SELECTION + method.extra_metrics) | {"loss"}
-    if spec.objective.metric not in known:
-        raise SpecError(
-            source,
-            "objective.metric",
-            f"unknown metric {short(spec.objective.metric)}; {one_of(spec.objective.metric, known)}",
-        )
-    _check_selection_objective(spec, source)
-    sched = spec.scheduler
-    if getattr(sched, "max_t", None) and sched.max_t > spec.budget.epochs and sched.time_attr == "epoch":
-        raise SpecError(source, "scheduler.max_t", f"must be <= budget.epochs ({spec.budget.epochs})")
-    if isinstance(sched, Asha) and sched.grace_period > (sched.max_t or spec.budget.epochs):
-        raise SpecError(source, "scheduler.grace_period", "must be <= max_t")
-    if isinstance(sched, Pbt):
-        if spec.searcher.type == "optuna":
-            raise SpecError(source, "scheduler.type", "pbt explores by itself: use searcher grid or random")
-        for key in sched.hyperparam_mutations or []:
-            if key not in spec.search:
-                raise SpecError(source, "scheduler.hyperparam_mutations", f"{short(key)} is not a search key")
-        if not (sched.hyperparam_mutations or spec.space.sampled_dims()):
-            raise SpecError(
-                source,
-                "scheduler.hyperparam_mutations",
-                "pbt needs at least one non-grid search dimension to mutate",
-            )
-    if spec.resources.gpu > 1 and spec.resources.gpu != int(spec.resources.gpu):
-        raise SpecError(
-            source,
-            "resources.gpu",
-            "a fraction must be below 1 (several trials per GPU), else a whole number",
-        )
-    for data in spec.data_configs():
-        try:
-            check_data(data)
-        except PluginError as e:
-            raise SpecError(source, "data.name", str(e)) from None
-        except ValueError as e:
-            raise SpecError(source, "data.root" if spec.data.root else "data", str(e)) from None
-    _check_labels(spec, source)
-
-
-def _method_class(spec: Spec, source: str) -> Any:
-    """The spec's method class (built-in, import path or entry point), or a SpecError on ``method``."""
-    from tuneclust.methods import UnknownMethodError, get_method, method_names
-    from tuneclust.plugins import PluginError
-
     try:
-        return get_method(spec.method)
-    except UnknownMethodError:
-        raise SpecError(
-            source,
-            "method",
-            f"unknown method {short(spec.method)}; {one_of(spec.method, method_names())}, "
-            "or an import path package.module:Class",
-        ) from None
-    except PluginError as e:  # an import error, not a Method, a Config without defaults: one line
-        raise SpecError(source, "method", str(e)) from None
-
-
-def unlabelled_data(spec: Spec) -> list[str]:
-    """The spec's datasets from user loaders that returned no labels (already loaded by validation)."""
-    from tuneclust.data.plugins import is_plugin, probe
-
-    return [
-        d.name
-        for d in spec.data_configs()
-        if d.name not in DATASETS and is_plugin(d.name) and not probe(d).labelled
-    ]
-
-
-def _check_labels(spec: Spec, source: str) -> None:
-    """A dataset from a user loader without labels allows label-free objectives only (known once loaded)."""
-    if spec.objective.metric not in metrics.LABELLED:
-        return
-    for name in unlabelled_data(spec):
-        raise SpecError(
-            source,
-            "objective.metric",
-            f"{spec.objective.metric} needs labels and dataset {short(name)} has none: use a label-free "
-            f"objective ({criteria.DEFAULT} is the default label-free one; see README 'Choosing without labels')",
-        )
-
-
-def _check_selection_objective(spec: Spec, source: str) -> None:
-    """A cross-trial objective needs what it compares: seeds for ``seed_agreement``; ``pooled_silhouette`` is
-    computed after the trials, so nothing may act on it while they run."""
-    metric = spec.objective.metric
-    if metric == "seed_agreement":
-        seeds = spec.search.get("seed")
-        if seeds is None or seeds.kind not in ("grid", "choice") or len(seeds.value) < 2:
-            raise SpecError(
-                source,
-                "objective.metric",
-                "seed_agreement compares the seeds of each setting: add a seed grid with at least 2 values "
-                "(search: {seed: {grid: [0, 1, 2]}})",
-            )
-    if metric in criteria.FINAL_ONLY and (spec.scheduler.type != "fifo" or spec.searcher.type == "optuna"):
-        raise SpecError(
-            source,
-            "objective.metric",
-            f"{metric} is computed after the trials end (final selection only): use scheduler fifo and "
-            "searcher grid or random, or an objective trials report (seed_agreement, consensus)",
-        )
+        rules.check(spec)
+    except rules.Violation as v:
+        raise SpecError(source, v.field, v.message) from None
+    return spec
 
 
 def smoke_spec(spec: Spec) -> Spec:
