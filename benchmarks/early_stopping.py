@@ -112,7 +112,7 @@ def run_one(args: argparse.Namespace, storage: str, name: str, scheduler: str, o
 
 def selection(sweep_dir: Path, metric: str) -> tuple[str, float, int]:
     """The sweep's selected setting under ``metric``: (setting, its score, the epoch it was compared at)."""
-    from tuneclust.report import sweep_answer
+    from tuneclust.answer import sweep_answer
 
     ans = sweep_answer(sweep_dir, metric)
     if ans is None:
@@ -128,7 +128,7 @@ def selection(sweep_dir: Path, metric: str) -> tuple[str, float, int]:
 
 def grid_acc(sweep_dir: Path) -> dict[str, dict[str, float]]:
     """Per setting of the complete grid: mean, std and n of ACC over seeds at the full budget, best first."""
-    from tuneclust.report import sweep_answer
+    from tuneclust.answer import sweep_answer
 
     ans = sweep_answer(sweep_dir, "acc")
     if ans is None or ans.full_settings is not None:
@@ -145,7 +145,7 @@ def measure(
     sweep_dir: Path, args: argparse.Namespace, scheduler: str, objective: str, acc: dict[str, float]
 ) -> dict[str, Any]:
     """One row: trials, epochs share, NaN reports of the objective, selected setting, its ACC and regret."""
-    from tuneclust.report import load_results
+    from tuneclust.results import load_results
 
     trials, epochs = load_results(sweep_dir)
     run = trials["epochs_run"].fillna(0).astype(int) if "epochs_run" in trials else None

@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import HyperBandScheduler
 
-from tuneclust import answer, preflight, progress, report, runtime, tracking
+from tuneclust import answer, preflight, progress, render, report, runtime, tracking
 from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
 from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
@@ -245,7 +245,7 @@ class TrackingCallback(tune.Callback):
         if mlf is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 rows = self.tables.epochs.get(trial.trial_id, [])
-                figures = report.trial_figures(rows, self.spec.objective.metric, Path(tmp), trial.trial_id)
+                figures = render.trial_figures(rows, self.spec.objective.metric, Path(tmp), trial.trial_id)
                 mlf.trial_summary(trial.trial_id, figures)
             mlf.end_trial(trial.trial_id, status, error)
 
@@ -269,9 +269,9 @@ class TrackingCallback(tune.Callback):
                 # beside the tables when they are local; on object storage only as MLflow artifacts (a temp folder)
                 with tempfile.TemporaryDirectory() as tmp:
                     out = None if locate(self.sweep_dir).local else Path(tmp)
-                    ans = report.sweep_answer(self.sweep_dir)  # computed once: the cross-trial criteria cost
+                    ans = answer.sweep_answer(self.sweep_dir)  # computed once: the cross-trial criteria cost
                     files = report.write_report(self.sweep_dir, out=out, ans=ans)
-                    ranking = report.markdown_table(report.ranking(self.sweep_dir).head(20))
+                    ranking = render.markdown_table(answer.ranking(self.sweep_dir).head(20))
                     mlf.sweep_summary(ranking, files, report.answer_markdown(ans) if ans else "")
             unfinished = [t.trial_id for t in trials if t.trial_id not in self.tables.trials]
             for trial_id in unfinished:
