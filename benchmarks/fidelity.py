@@ -280,7 +280,8 @@ def run_job(job: Job) -> Outcome:
     """Train one trial in this process on ``job.device`` (``job.runtime``) and return its final evaluation."""
     import torch
 
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()

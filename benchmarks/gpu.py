@@ -166,7 +166,8 @@ def trial_images_per_s(
     method: str, cfg: dict[str, Any], npz: Path, device: torch.device, runtime: dict[str, Any]
 ) -> float:
     """images/s of the timed (second) epoch of a real trial loop."""
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     plan = TrialPlan(method, cfg, {"name": "npz", "root": str(npz)}, epochs=2, eval_every=1, cpu=1.0)
     plan.runtime = runtime
@@ -178,7 +179,8 @@ def flops_per_image(method: str, cfg: dict[str, Any], npz: Path, device: torch.d
     """FLOPs per trained image of one fp32 epoch (FlopCounterMode); None if the method has no ``train_epoch``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     plan = TrialPlan(method, cfg, {"name": "npz", "root": str(npz)}, epochs=1, eval_every=1, cpu=1.0)
     loop = TrialLoop(plan, device)
@@ -232,7 +234,8 @@ def reference_images_per_s(npz: Path, args: argparse.Namespace, device: torch.de
 
 def packed_worker(s: dict[str, Any]) -> None:
     """One packed trial (a subprocess): warm up, signal ready, wait for go, time one epoch; print JSON."""
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     device = torch.device(s["device"])
     if device.type == "cuda" and s["k"] > 1:
@@ -367,7 +370,8 @@ def sweep_overhead(npz: Path, args: argparse.Namespace) -> tuple[float | None, s
 
 def startup_worker(s: dict[str, Any]) -> None:
     """A fresh process's trial (a subprocess): seconds to build the loop, then of a first and a second epoch."""
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     imported = time.time()
     device = torch.device(s["device"])

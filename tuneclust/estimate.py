@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from tuneclust.data.registry import DataConfig, load_dataset
-from tuneclust.plan import SweepPlan
+from tuneclust.plan import SweepPlan, TrialPlan
 from tuneclust.runtime import describe, resolve
 from tuneclust.spec import Asha, Fifo, Hyperband, Median, Pbt, Spec
-from tuneclust.trainable import TrialLoop, TrialPlan
+from tuneclust.trainable import TrialLoop
 
 
 @dataclass

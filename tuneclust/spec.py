@@ -28,7 +28,6 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SEARCHERS = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
-TIME_ATTRS = ("epoch", "step", "training_iteration")
 MAX_NAME = 100
 """Longest sweep name: it names a folder (and MLflow runs)."""
 MAX_EPOCHS = 100_000

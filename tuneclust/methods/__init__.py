@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteError, NonFiniteLossError
+from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteError
 
 METHODS: dict[str, str] = {
     "idfd": "tuneclust.methods.idfd:IDFD",
@@ -28,6 +28,5 @@ __all__ = [
     "Method",
     "MethodConfig",
     "NonFiniteError",
-    "NonFiniteLossError",
     "get_method",
 ]
