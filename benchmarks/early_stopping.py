@@ -36,7 +36,7 @@ Usage::
 
 ``--cpus N`` runs N trials at once (1 CPU each; Ray is started with N CPUs unless it is already running).
 ``--keep DIR`` keeps the sweeps in DIR (``es_grid``, ``es_<scheduler>_<objective>``; existing ones are
-overwritten) instead of a temporary folder. ``--record`` appends the tables to benchmarks/RESULTS.md.
+overwritten) instead of a temporary folder. ``--record`` appends the tables to benchmarks/RESULTS_LOG.md.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "quickstart.yaml"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS = Path(__file__).resolve().parent / "RESULTS_LOG.md"
 OBJECTIVES = ("acc", "consensus", "seed_agreement")
 """Objectives it can run; by default ``acc`` and the label-free default (``tuneclust.criteria.DEFAULT``)."""
 SCHEDULERS: dict[str, str] = {
@@ -296,7 +296,7 @@ def machine() -> str:
 
 
 def record(text: str, args: argparse.Namespace, wall: float) -> None:
-    """Append a section with the tables, machine, date and command to benchmarks/RESULTS.md."""
+    """Append a section with the tables, machine, date and command to benchmarks/RESULTS_LOG.md."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/early_stopping.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     sched = QUICK_SCHEDULERS if args.quick else SCHEDULERS
@@ -348,7 +348,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="CI: 300 digits, tau 5 and 0.1, 2 seeds, 4 epochs, batch 100"
     )
-    p.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    p.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS_LOG.md")
     args = p.parse_args(argv)
     if args.seeds is None:
         args.seeds = 2 if args.quick else 3

@@ -27,7 +27,7 @@ Data: synthetic 32x32 RGB images in a temporary ``.npz`` (the registry's ``npz``
 
 On the GPU machine only torch plus tuneclust's light dependencies are needed for parts 1-3 (pydantic, numpy,
 scipy, scikit-learn, pillow, torchvision for the reference); carry missing ones as wheels
-(see benchmarks/RESULTS.md). Usage::
+(see benchmarks/RESULTS_LOG.md). Usage::
 
     python benchmarks/gpu.py --device cuda --record          # < 8 min on one H100 (target)
     python benchmarks/gpu.py --device cpu --quick            # < 60 s, what the tests run
@@ -506,7 +506,7 @@ def packing_rows(npz: Path, args: argparse.Namespace, device: torch.device) -> l
 
 
 def record(rows: Sequence[Row], argv: Sequence[str], device: torch.device, seconds: float) -> None:
-    """Append a dated section (machine, command, table) to RESULTS.md."""
+    """Append a dated section (machine, command, table) to RESULTS_LOG.md."""
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     lines = [
         f"### benchmarks/gpu.py, {device.type} ({now})",
