@@ -19,17 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import (
-    Paper,
-    ablation_table,
-    analysis_cli,
-    arm_order,
-    bar_chart,
-    finished_or_exit,
-    load_epochs,
-    sort_in_order,
-    write_table,
-)
+from tuneclust.papers import Paper, analysis_cli, bar_chart, finished_or_exit
+from tuneclust.render import ablation_table, sort_in_order, write_table
+from tuneclust.results import arm_order, load_epochs
 
 ARMS = {
     "AE_Lr": "AE + L_r",

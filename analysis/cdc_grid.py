@@ -21,16 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import (
-    Paper,
-    analysis_cli,
-    finished_or_exit,
-    plot_metric_vs_param,
-    pyplot,
-    save_figure,
-    summarize,
-    write_table,
-)
+from tuneclust.papers import Paper, analysis_cli, finished_or_exit
+from tuneclust.render import plot_metric_vs_param, pyplot, save_figure, summarize, write_table
 
 WEIGHTS = ["eta", "beta", "lam"]
 ACC = "final.acc"

@@ -19,16 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tuneclust.report import (
-    Paper,
-    analysis_cli,
-    load_epochs,
-    load_finished,
-    pyplot,
-    save_figure,
-    statistic,
-    write_table,
-)
+from tuneclust.papers import Paper, analysis_cli
+from tuneclust.render import pyplot, save_figure, statistic, write_table
+from tuneclust.results import load_epochs, load_finished
 
 PAPER = Paper(
     "Trinh & Pham, Table 2 (CDC rows)",

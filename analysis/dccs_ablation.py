@@ -14,16 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import (
-    Paper,
-    ablation_table,
-    analysis_cli,
-    arm_order,
-    bar_chart,
-    finished_or_exit,
-    sort_in_order,
-    write_table,
-)
+from tuneclust.papers import Paper, analysis_cli, bar_chart, finished_or_exit
+from tuneclust.render import ablation_table, sort_in_order, write_table
+from tuneclust.results import arm_order
 
 METRICS = ("final.acc", "final.nmi", "final.ari")
 PAPER = Paper(

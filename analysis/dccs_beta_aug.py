@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneclust.report import Paper, analysis_cli, sensitivity_study
+from tuneclust.papers import Paper, analysis_cli, sensitivity_study
 
 PAPER = Paper("Zhao et al. 2020, Sec. 4.1.3", choice={"fmnist": 2.0, "cifar10": 4.0})
 """beta_Aug the paper picked per dataset; Fig. 5 itself is a curve only."""

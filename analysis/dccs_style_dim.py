@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneclust.report import Paper, analysis_cli, sensitivity_study
+from tuneclust.papers import Paper, analysis_cli, sensitivity_study
 
 PAPER = Paper("Zhao et al. 2020, Sec. 4.1.3", choice={"fmnist": 50, "cifar10": 50})
 """The dimension of zs the paper trains with (zc = 10, zs = 50) on both datasets; Fig. 6 is a curve only."""

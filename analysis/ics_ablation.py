@@ -9,15 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneclust.report import (
-    Paper,
-    ablation_table,
-    analysis_cli,
-    arm_order,
-    bar_chart,
-    finished_or_exit,
-    write_table,
-)
+from tuneclust.papers import Paper, analysis_cli, bar_chart, finished_or_exit
+from tuneclust.render import ablation_table, write_table
+from tuneclust.results import arm_order
 
 PAPER = Paper("Das et al., Fig. 5a", choice={"arm": "full"})
 """Fig. 5 gives bars without printed numbers; the paper's model is the full loss (arm ``full``), shaded."""

@@ -12,17 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import (
-    Paper,
-    analysis_cli,
-    finished_or_exit,
-    metrics_table,
-    pyplot,
-    readable,
-    save_figure,
-    statistic,
-    write_table,
-)
+from tuneclust.papers import Paper, analysis_cli, finished_or_exit
+from tuneclust.render import metrics_table, pyplot, readable, save_figure, statistic, write_table
 
 PARAM = "data.imbalance_r_min"
 PAPER = Paper(

@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tuneclust.report import (
-    Paper,
-    analysis_cli,
-    finished_or_exit,
-    metrics_table,
-    plot_metric_vs_param,
-    write_table,
-)
+from tuneclust.papers import Paper, analysis_cli, finished_or_exit
+from tuneclust.render import metrics_table, plot_metric_vs_param, write_table
 
 PARAM = "config.margin"
 PAPER = Paper("Das et al., Sec. 4.3", choice={"shallow": 0.24, "deep": 0.3})

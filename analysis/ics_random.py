@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tuneclust.report import Paper, analysis_cli, finished_or_exit, pyplot, readable, save_figure, write_table
+from tuneclust.papers import Paper, analysis_cli, finished_or_exit
+from tuneclust.render import pyplot, readable, save_figure, write_table
 
 WEIGHTS = ("gamma", "omega", "beta")  # Fig. 6 (a), (b), (c)
 PAPER = Paper("Das et al., Sec. 4.4", choice={"beta": 0.8, "gamma": 0.01, "omega": 0.1})

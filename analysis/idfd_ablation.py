@@ -16,16 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneclust.report import (
-    Paper,
-    analysis_cli,
-    arm_order,
-    bar_chart,
-    load_trials,
-    row_labels,
-    write_table,
-    write_wide_tables,
-)
+from tuneclust.papers import Paper, analysis_cli, bar_chart, row_labels, write_wide_tables
+from tuneclust.render import write_table
+from tuneclust.results import arm_order, load_trials
 
 DATASETS = ["cifar10", "cifar100", "stl10", "imagenet10", "imagenet_dog", "imagefolder", "digits"]
 PAPER = Paper(

@@ -13,15 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneclust.report import (
-    Paper,
-    ablation_table,
-    analysis_cli,
-    arm_order,
-    bar_chart,
-    load_trials,
-    write_table,
-)
+from tuneclust.papers import Paper, analysis_cli, bar_chart
+from tuneclust.render import ablation_table, write_table
+from tuneclust.results import arm_order, load_trials
 
 PAPER = Paper(
     "Tao et al. 2021, Table 4 (CIFAR-10)",

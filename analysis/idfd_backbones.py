@@ -12,15 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneclust.report import (
-    Paper,
-    analysis_cli,
-    arm_order,
-    bar_chart,
-    load_trials,
-    write_table,
-    write_wide_tables,
-)
+from tuneclust.papers import Paper, analysis_cli, bar_chart, write_wide_tables
+from tuneclust.render import write_table
+from tuneclust.results import arm_order, load_trials
 
 BACKBONES = ["convnet", "vgg16", "resnet18", "resnet34"]
 PAPER = Paper(

@@ -11,7 +11,7 @@ Usage: python analysis/idfd_tau.py SWEEP_DIR [--out DIR]  (default DIR: SWEEP_DI
 
 from __future__ import annotations
 
-from tuneclust.report import Paper, analysis_cli, window_study
+from tuneclust.papers import Paper, analysis_cli, window_study
 
 PAPER = Paper("Tao et al. 2021, Fig. 3", choice={"tau": 1.0})
 """Fig. 3 is a curve only (no table); the paper continues with tau = 1 ("ID tuned")."""

@@ -9,7 +9,7 @@ Usage: python analysis/idfd_tau2.py SWEEP_DIR [--out DIR]  (default DIR: SWEEP_D
 
 from __future__ import annotations
 
-from tuneclust.report import Paper, analysis_cli, window_study
+from tuneclust.papers import Paper, analysis_cli, window_study
 
 PAPER = Paper("Tao et al. 2021, Fig. 4", choice={"tau2": 2.0})
 """Fig. 4 is a curve only; the paper's IDFD uses tau2 = 2."""

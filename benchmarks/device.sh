@@ -8,8 +8,8 @@
 # 1. installs the carried wheels (pip --target, no index), 2. runs benchmarks/gpu.py --device cuda --record
 # (reference, each method in each runtime, packing with and without MPS, start-up; the sweep-overhead row is
 # skipped there without Ray), 3. runs the CUDA-only tests (CUDA graphs equal eager: the runtime's small net and
-# every method through the trial loop; k-means on the GPU). Logs and the updated benchmarks/RESULTS.md are written to $OUT (the device tool
-# brings them back); copy the new RESULTS.md section into the repository.
+# every method through the trial loop; k-means on the GPU). Logs and the updated benchmarks/RESULTS_LOG.md are written to $OUT (the device tool
+# brings them back); copy its new sections into benchmarks/RESULTS_LOG.md (and update the current table in RESULTS.md).
 #
 # The fast path's quality is a second call (another ~10 minutes, so a later session's or a larger budget):
 #   device:  run(command="bash benchmarks/device.sh quality", carry=[".whl"], timeout_s=600)
@@ -29,7 +29,7 @@ python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', 
 # gpu.py first: it prints each row as it is measured, so a cut-off run still leaves its rows in gpu.log
 if [ "${1:-}" = steps ]; then  # each method eager / nets compiled / whole step in CUDA graphs (~5 min)
   timeout 540 python3 benchmarks/step_graph.py --device cuda --record 2>&1 | tee "$OUT/step_graph.log"
-  cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+  cp benchmarks/RESULTS_LOG.md "$OUT/RESULTS_LOG.md"
   exit 0
 fi
 if [ "${1:-}" = quality ]; then
@@ -37,13 +37,13 @@ if [ "${1:-}" = quality ]; then
   timeout 540 python3 benchmarks/fidelity.py --device cuda --vs-eager --arms IDFD M1 AEs_LDC full --seeds 3 \
     --workers 4 --record 2>&1 | tee "$OUT/quality.log"
   echo "fidelity --vs-eager: $(( $(date +%s) - t0 )) s (exit ${PIPESTATUS[0]})"
-  cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+  cp benchmarks/RESULTS_LOG.md "$OUT/RESULTS_LOG.md"
   exit 0
 fi
 t0=$(date +%s)
 timeout 420 python3 benchmarks/gpu.py --device cuda --record 2>&1 | tee "$OUT/gpu.log"
 echo "gpu.py: $(( $(date +%s) - t0 )) s (exit ${PIPESTATUS[0]})"
-cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+cp benchmarks/RESULTS_LOG.md "$OUT/RESULTS_LOG.md"
 t0=$(date +%s)
 timeout 180 python3 -m pytest -q -p no:cacheprovider -m "slow or not slow" tests/test_runtime.py tests/test_kmeans.py 2>&1 | tee "$OUT/tests.log" | tail -n 30
 echo "tests: $(( $(date +%s) - t0 )) s"

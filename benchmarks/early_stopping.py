@@ -36,7 +36,7 @@ Usage::
 
 ``--cpus N`` runs N trials at once (1 CPU each; Ray is started with N CPUs unless it is already running).
 ``--keep DIR`` keeps the sweeps in DIR (``es_grid``, ``es_<scheduler>_<objective>``; existing ones are
-overwritten) instead of a temporary folder. ``--record`` appends the tables to benchmarks/RESULTS.md.
+overwritten) instead of a temporary folder. ``--record`` appends the tables to benchmarks/RESULTS_LOG.md.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "search_spaces" / "quickstart.yaml"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS = Path(__file__).resolve().parent / "RESULTS_LOG.md"
 OBJECTIVES = ("acc", "consensus", "seed_agreement")
 """Objectives it can run; by default ``acc`` and the label-free default (``tuneclust.criteria.DEFAULT``)."""
 SCHEDULERS: dict[str, str] = {
@@ -112,7 +112,7 @@ def run_one(args: argparse.Namespace, storage: str, name: str, scheduler: str, o
 
 def selection(sweep_dir: Path, metric: str) -> tuple[str, float, int]:
     """The sweep's selected setting under ``metric``: (setting, its score, the epoch it was compared at)."""
-    from tuneclust.report import sweep_answer
+    from tuneclust.answer import sweep_answer
 
     ans = sweep_answer(sweep_dir, metric)
     if ans is None:
@@ -128,7 +128,7 @@ def selection(sweep_dir: Path, metric: str) -> tuple[str, float, int]:
 
 def grid_acc(sweep_dir: Path) -> dict[str, dict[str, float]]:
     """Per setting of the complete grid: mean, std and n of ACC over seeds at the full budget, best first."""
-    from tuneclust.report import sweep_answer
+    from tuneclust.answer import sweep_answer
 
     ans = sweep_answer(sweep_dir, "acc")
     if ans is None or ans.full_settings is not None:
@@ -145,7 +145,7 @@ def measure(
     sweep_dir: Path, args: argparse.Namespace, scheduler: str, objective: str, acc: dict[str, float]
 ) -> dict[str, Any]:
     """One row: trials, epochs share, NaN reports of the objective, selected setting, its ACC and regret."""
-    from tuneclust.report import load_results
+    from tuneclust.results import load_results
 
     trials, epochs = load_results(sweep_dir)
     run = trials["epochs_run"].fillna(0).astype(int) if "epochs_run" in trials else None
@@ -296,7 +296,7 @@ def machine() -> str:
 
 
 def record(text: str, args: argparse.Namespace, wall: float) -> None:
-    """Append a section with the tables, machine, date and command to benchmarks/RESULTS.md."""
+    """Append a section with the tables, machine, date and command to benchmarks/RESULTS_LOG.md."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/early_stopping.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     sched = QUICK_SCHEDULERS if args.quick else SCHEDULERS
@@ -348,7 +348,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="CI: 300 digits, tau 5 and 0.1, 2 seeds, 4 epochs, batch 100"
     )
-    p.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    p.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS_LOG.md")
     args = p.parse_args(argv)
     if args.seeds is None:
         args.seeds = 2 if args.quick else 3

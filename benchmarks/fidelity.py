@@ -32,7 +32,7 @@ Usage (``--help`` lists every option)::
     python benchmarks/fidelity.py --device cuda --runtime precision=bf16 --runtime compile=default  # GPU fast path
     python benchmarks/fidelity.py --arms IDFD M1 AEs_LDC full --vs-eager --runtime precision=bf16   # fast vs fp32 eager
 
-``--record`` appends the tables, the machine, the date and the command to benchmarks/RESULTS.md.
+``--record`` appends the tables, the machine, the date and the command to benchmarks/RESULTS_LOG.md.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS = Path(__file__).resolve().parent / "RESULTS_LOG.md"
 METRICS = ("acc", "nmi")
 EAGER = {"precision": "fp32", "channels_last": False, "compile": "none", "tf32": False}
 """The reference runtime of ``--vs-eager``: fp32 eager without TF32 (what the defaults resolve to on the CPU), with
@@ -276,7 +276,8 @@ def run_job(job: Job) -> Outcome:
     """Train one trial in this process on ``job.device`` (``job.runtime``) and return its final evaluation."""
     import torch
 
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -537,7 +538,7 @@ def runtimes_line(outcomes: Sequence[Outcome]) -> str:
 
 
 def record(text: str, args: argparse.Namespace, wall: float, runtimes: str) -> None:
-    """Append a section with the tables, machine, date, command and runtimes to benchmarks/RESULTS.md."""
+    """Append a section with the tables, machine, date, command and runtimes to benchmarks/RESULTS_LOG.md."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/fidelity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     section = (
@@ -599,7 +600,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " alone moves a result), and report fast - eager per arm (the fast path's quality)",
     )
     p.add_argument("--quick", action="store_true", help="CI: 2 seeds, tiny budget, 400 samples")
-    p.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    p.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS_LOG.md")
     args = p.parse_args(argv)
     if args.seeds is None:
         args.seeds = 2 if args.quick else 5

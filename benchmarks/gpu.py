@@ -27,7 +27,7 @@ Data: synthetic 32x32 RGB images in a temporary ``.npz`` (the registry's ``npz``
 
 On the GPU machine only torch plus tuneclust's light dependencies are needed for parts 1-3 (pydantic, numpy,
 scipy, scikit-learn, pillow, torchvision for the reference); carry missing ones as wheels
-(see benchmarks/RESULTS.md). Usage::
+(see benchmarks/RESULTS_LOG.md). Usage::
 
     python benchmarks/gpu.py --device cuda --record          # < 8 min on one H100 (target)
     python benchmarks/gpu.py --device cpu --quick            # < 60 s, what the tests run
@@ -166,7 +166,8 @@ def trial_images_per_s(
     method: str, cfg: dict[str, Any], npz: Path, device: torch.device, runtime: dict[str, Any]
 ) -> float:
     """images/s of the timed (second) epoch of a real trial loop."""
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     plan = TrialPlan(method, cfg, {"name": "npz", "root": str(npz)}, epochs=2, eval_every=1, cpu=1.0)
     plan.runtime = runtime
@@ -178,7 +179,8 @@ def flops_per_image(method: str, cfg: dict[str, Any], npz: Path, device: torch.d
     """FLOPs per trained image of one fp32 epoch (FlopCounterMode); None if the method has no ``train_epoch``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     plan = TrialPlan(method, cfg, {"name": "npz", "root": str(npz)}, epochs=1, eval_every=1, cpu=1.0)
     loop = TrialLoop(plan, device)
@@ -232,7 +234,8 @@ def reference_images_per_s(npz: Path, args: argparse.Namespace, device: torch.de
 
 def packed_worker(s: dict[str, Any]) -> None:
     """One packed trial (a subprocess): warm up, signal ready, wait for go, time one epoch; print JSON."""
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     device = torch.device(s["device"])
     if device.type == "cuda" and s["k"] > 1:
@@ -366,7 +369,8 @@ def sweep_overhead(npz: Path, args: argparse.Namespace) -> tuple[float | None, s
 
 def startup_worker(s: dict[str, Any]) -> None:
     """A fresh process's trial (a subprocess): seconds to build the loop, then of a first and a second epoch."""
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     imported = time.time()
     device = torch.device(s["device"])
@@ -501,7 +505,7 @@ def packing_rows(npz: Path, args: argparse.Namespace, device: torch.device) -> l
 
 
 def record(rows: Sequence[Row], argv: Sequence[str], device: torch.device, seconds: float) -> None:
-    """Append a dated section (machine, command, table) to RESULTS.md."""
+    """Append a dated section (machine, command, table) to RESULTS_LOG.md."""
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     lines = [
         f"### benchmarks/gpu.py, {device.type} ({now})",

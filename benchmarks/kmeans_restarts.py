@@ -10,7 +10,7 @@ the table gives its mean and largest std over trials, and how many trials' ACC r
 Usage:
     python benchmarks/kmeans_restarts.py                 # 12 trials, n_init 10 and 30 (about 8 min on 2 cores)
     python benchmarks/kmeans_restarts.py --quick         # CI: 2 trials, 2 epochs, 300 images
-    python benchmarks/kmeans_restarts.py --record        # append the table to benchmarks/RESULTS.md
+    python benchmarks/kmeans_restarts.py --record        # append the table to benchmarks/RESULTS_LOG.md
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS = Path(__file__).resolve().parent / "RESULTS_LOG.md"
 CONFIG = {"variant": "idfd", "backbone": "convnet", "aug_flip": False, "aug_crop_scale": 0.5}
 
 
@@ -102,7 +102,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
     p.add_argument("--workers", type=int, default=2, help="trials trained at once (default 2)")
     p.add_argument("--quick", action="store_true", help="CI: 2 trials, 2 epochs, 300 images")
-    p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS_LOG.md")
     return p.parse_args(argv)
 
 

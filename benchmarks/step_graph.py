@@ -5,7 +5,7 @@ Each method trains on synthetic 32x32 RGB images (CIFAR-like sizes, offline) in 
 GPU bf16 + channels_last + CUDA graphs, on the CPU fp32 + inductor (``--precision`` changes the dtype). Per
 method and variant the table gives images/s of the timed epoch (the last of ``--epochs``; the first ones compile
 and, for CDC and ICS, pre-train: the timed epoch is the main phase, fine-tuning or joint training) and the ratio
-to eager. ``--record`` appends it to benchmarks/RESULTS.md with the machine, date and command.
+to eager. ``--record`` appends it to benchmarks/RESULTS_LOG.md with the machine, date and command.
 
 Usage::
 
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import throughput  # noqa: E402  (benchmarks/throughput.py: synthetic data, machine lines, RESULTS.md)
+import throughput  # noqa: E402  (benchmarks/throughput.py: synthetic data, machine lines, RESULTS_LOG.md)
 
 METHODS = ("idfd", "dccs", "cdc", "ics")
 VARIANTS = ("eager", "nets compiled", "step compiled")
@@ -102,7 +102,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--precision", choices=("fp32", "bf16"), default=None, help="default: bf16 on a GPU, fp32 on the CPU"
     )
     p.add_argument("--quick", action="store_true", help="CI: tiny sizes, IDFD with a ConvNet")
-    p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS_LOG.md")
     args = p.parse_args(argv)
     args.methods = args.methods or (["idfd"] if args.quick else list(METHODS))
     args.n = args.n or (128 if args.quick else 8192)

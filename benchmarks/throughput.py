@@ -49,7 +49,7 @@ from tuneclust.methods import get_method
 from tuneclust.methods.idfd import IDFDConfig
 from tuneclust.nets.backbones import BACKBONES, build_backbone
 
-RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS_LOG.md"
 DATASETS = ("digits", "synthetic32", "cifar10")
 
 
@@ -397,7 +397,7 @@ def machine_lines(device: torch.device) -> list[str]:
 def record(
     results: Sequence[Result], args: argparse.Namespace, argv: Sequence[str], device: torch.device
 ) -> None:
-    """Append a dated section (machine, exact command, settings, table) to ``RESULTS.md``."""
+    """Append a dated section (machine, exact command, settings, table) to ``RESULTS_LOG.md``."""
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     steps = "full-pass epochs" if args.max_steps is None else f"at most {args.max_steps} steps/epoch"
     lines = [
@@ -415,7 +415,7 @@ def record(
 
 
 def append_results(lines: list[str]) -> None:
-    """Append one benchmark's section (its lines) to benchmarks/RESULTS.md."""
+    """Append one benchmark's section (its lines) to benchmarks/RESULTS_LOG.md."""
     with RESULTS_MD.open("a") as f:
         f.write("\n" + "\n".join(lines))
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from tuneclust import answer, criteria, partitions
+from tuneclust.results import typed_spec
 from tuneclust.spec import SpecError, validate_spec
 
 
@@ -55,7 +56,7 @@ def test_early_stopped_trials_are_compared_at_the_epoch_all_reached():
     curves = {(1.0, s): [0.5 + s / 100, 0.6, 0.9] for s in range(3)}
     curves.update({(0.1, s): [0.6 + s / 100, 0.65, 0.7] for s in range(3)})
     trials, epochs = _tables(curves, {(1.0, 0): 1, (1.0, 1): 1})
-    ans = answer.answer(trials, epochs, SPEC)
+    ans = answer.answer(trials, epochs, typed_spec(SPEC))
     assert ans.view.epoch == 1 and ans.view.what == "equal budget"
     # every compared value is the epoch-1 value: tau=0.1 leads there (a mean over mixed budgets would say 1.0)
     assert list(ans.settings["setting"]) == ["tau=0.1", "tau=1"]
@@ -72,7 +73,7 @@ def test_settings_interval_and_paired_gap_by_hand():
     curves = {(1.0, s): [v] for s, v in enumerate([0.80, 0.84, 0.82])}
     curves.update({(0.1, s): [v] for s, v in enumerate([0.70, 0.75, 0.74])})
     trials, epochs = _tables(curves, {})
-    ans = answer.answer(trials, epochs, {**SPEC, "budget": {"epochs": 1}})
+    ans = answer.answer(trials, epochs, typed_spec({**SPEC, "budget": {"epochs": 1}}))
     best = ans.settings.iloc[0]
     t975 = 4.302652729911275  # Student t, 2 degrees of freedom
     assert best["mean"] == pytest.approx(0.82) and best["std"] == pytest.approx(0.02)
@@ -184,14 +185,14 @@ def test_cross_trial_objectives_are_checked_at_validation():
 
 
 def test_analysis_tables_hold_values_at_the_equal_budget_and_figures_say_so():
-    from tuneclust import report
+    from tuneclust import render, results
 
     curves = {(1.0, s): [0.5, 0.6, 0.9] for s in range(2)}
     curves.update({(0.1, s): [0.6, 0.65, 0.7] for s in range(2)})
     trials, epochs = _tables(curves, {(1.0, 0): 1})
-    at = report.at_equal_budget(trials, epochs)
+    at = results.at_equal_budget(trials, epochs)
     assert (at["final.acc"] == [0.5, 0.5, 0.6, 0.6]).all()  # epoch 1 for every trial, not 0.9 for survivors
     assert at["stopped"].tolist() == [True, False, False, False] and at.attrs["budget_epoch"] == 1
-    assert report.statistic(at, ["config.tau"]) == "mean ± std over 2 seeds, at epoch 1 (equal budget)"
+    assert render.statistic(at, ["config.tau"]) == "mean ± std over 2 seeds, at epoch 1 (equal budget)"
     full, _ = _tables(curves, {})
-    assert report.at_equal_budget(full, epochs) is full  # no early stopping: unchanged
+    assert results.at_equal_budget(full, epochs) is full  # no early stopping: unchanged

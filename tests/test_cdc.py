@@ -14,7 +14,7 @@ import torch
 from tuneclust.data.registry import DataConfig, load_dataset
 from tuneclust.losses import cdc as L
 from tuneclust.losses.dec import kl_divergence, soft_assign, target_distribution
-from tuneclust.methods.base import NonFiniteLossError
+from tuneclust.methods.base import NonFiniteError
 from tuneclust.methods.cdc import CDC, CDCConfig
 from tuneclust.metrics import labelled_scores
 from tuneclust.nets.autoencoders import DenseAutoencoder
@@ -248,7 +248,7 @@ def test_pretrain_corr_toggle(digits):
 def test_non_finite_loss_raises(digits):
     bad = load_dataset(DataConfig(name="digits", subsample=64))
     bad.x[3, 0, 0, 0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match="non-finite"):
+    with pytest.raises(NonFiniteError, match="non-finite"):
         _epoch(_method(bad, epochs=2, pretrain_epochs=1))
 
 

@@ -18,7 +18,8 @@ from tuneclust.losses.cdc import cdc_loss
 from tuneclust.losses.dccs import dccs_loss
 from tuneclust.losses.ics import ics_loss
 from tuneclust.losses.idfd import idfd_loss
-from tuneclust.trainable import TrialLoop, TrialPlan
+from tuneclust.plan import TrialPlan
+from tuneclust.trainable import TrialLoop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]

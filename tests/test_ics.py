@@ -17,7 +17,7 @@ import torch
 
 from tuneclust.data.registry import DataConfig, load_dataset
 from tuneclust.losses import ics as L
-from tuneclust.methods import NonFiniteLossError, get_method
+from tuneclust.methods import NonFiniteError, get_method
 from tuneclust.methods import ics as M
 from tuneclust.metrics import labelled_scores
 from tuneclust.nets.conv_autoencoders import ConvAutoencoder
@@ -314,7 +314,7 @@ def test_trains_stably_on_digits(digits, reduction):
 def test_non_finite_loss_raises(digits, monkeypatch):
     m = make(small(digits, 128))
     monkeypatch.setattr(L, "reconstruction_loss", lambda a, b, r="mean": ((a - b) ** 2).mean() * float("nan"))
-    with pytest.raises(NonFiniteLossError, match="loss_r"):
+    with pytest.raises(NonFiniteError, match="loss_r"):
         run_epochs(m, 1)
 
 

@@ -23,7 +23,7 @@ from tuneclust.losses.idfd import (
     update_bank,
     variant_weights,
 )
-from tuneclust.methods.base import NonFiniteLossError
+from tuneclust.methods.base import NonFiniteError
 from tuneclust.methods.idfd import IDFD, IDFDConfig
 
 CPU = torch.device("cpu")
@@ -265,7 +265,7 @@ def test_id_variant_logs_no_feature_term_and_nonfinite_raises(digits: Dataset) -
     data = _subset(digits, 100)
     out = _epoch(_method(data, variant="id", max_steps_per_epoch=1))
     assert set(out) == {"loss", "loss_instance"} and out["loss"] == out["loss_instance"]
-    with pytest.raises(NonFiniteLossError, match="non-finite"):
+    with pytest.raises(NonFiniteError, match="non-finite"):
         _method(data, tau=1e-38, max_steps_per_epoch=1).train_epoch()
 
 

@@ -1,5 +1,5 @@
-"""tuneclust.report helpers shared by the analysis/ scripts: loading finished trials with a dataset column, the
-per-group metrics table, ordering, the panels plot and the scripts' command line. Small tables, numbers by hand."""
+"""What the analysis/ scripts share (tuneclust.results, render, papers): loading finished trials with a dataset
+column, the per-group metrics table, ordering, the panels plot and the scripts' command line. Small tables, numbers by hand."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tuneclust import report
+from tuneclust import papers, render, results
 
 NAN = float("nan")
 
@@ -37,11 +37,11 @@ def test_load_trials_names_the_dataset_from_the_trial_or_the_spec(tmp_path):
         {"name": "stl10"},
     )
     c = _sweep(tmp_path / "c_folder", [_row("c0")])  # no spec.yaml: the folder's name
-    df = report.load_trials([a, str(b), c])
+    df = results.load_trials([a, str(b), c])
     assert df["trial_id"].tolist() == ["a0", "a1", "b0", "b1", "c0"]
     assert df["dataset"].tolist() == ["cifar10", "cifar10", "fmnist", "stl10", "c_folder"]
     assert list(df.index) == [0, 1, 2, 3, 4]
-    assert report.load_trials(a)["dataset"].tolist() == ["cifar10", "cifar10"]  # one folder, not a list
+    assert results.load_trials(a)["dataset"].tolist() == ["cifar10", "cifar10"]  # one folder, not a list
 
 
 def test_imagefolder_and_npz_are_named_by_their_root(tmp_path):
@@ -51,11 +51,11 @@ def test_imagefolder_and_npz_are_named_by_their_root(tmp_path):
         {"name": "imagefolder", "root": "/data/imagenet10"},
     )
     npz = _sweep(tmp_path / "npz", [_row("n0")], {"name": "npz", "root": "/feat/cifar10_r50.npz"})
-    assert report.load_trials([img, npz])["dataset"].tolist() == ["imagenet10", "cifar10", "cifar10_r50"]
-    assert report.dataset_name(img) == "imagenet10"
-    assert report.dataset_name(npz) == "cifar10_r50"
-    assert report.dataset_name(_sweep(tmp_path / "plain", [_row("p")], {"name": "mnist"})) == "mnist"
-    assert report.dataset_name(_sweep(tmp_path / "nospec", [_row("q")])) == "nospec"
+    assert results.load_trials([img, npz])["dataset"].tolist() == ["imagenet10", "cifar10", "cifar10_r50"]
+    assert results.dataset_name(img) == "imagenet10"
+    assert results.dataset_name(npz) == "cifar10_r50"
+    assert results.dataset_name(_sweep(tmp_path / "plain", [_row("p")], {"name": "mnist"})) == "mnist"
+    assert results.dataset_name(_sweep(tmp_path / "nospec", [_row("q")])) == "nospec"
 
 
 def test_load_finished_keeps_terminated_trials_with_the_metric(tmp_path):
@@ -70,24 +70,24 @@ def test_load_finished_keeps_terminated_trials_with_the_metric(tmp_path):
         {"name": "cifar10"},
     )
     b = _sweep(tmp_path / "b", [_row("ok_b", acc=0.2, **{"data.name": "fmnist"})], {"name": "fmnist"})
-    done = report.load_finished([a, b])
+    done = results.load_finished([a, b])
     assert done["trial_id"].tolist() == ["ok", "ok_b"]
     assert done["dataset"].tolist() == ["cifar10", "fmnist"]
     assert done["final.acc"].tolist() == [0.7, 0.2]
     assert list(done.index) == [0, 1]
-    assert report.load_finished(a, metric=None)["trial_id"].tolist() == ["ok", "no_acc"]
-    assert report.load_finished(a, metric="final.nmi").empty  # no such column: nothing finished with it
-    assert "dataset" in report.load_finished(a, metric="final.nmi").columns
+    assert results.load_finished(a, metric=None)["trial_id"].tolist() == ["ok", "no_acc"]
+    assert results.load_finished(a, metric="final.nmi").empty  # no such column: nothing finished with it
+    assert "dataset" in results.load_finished(a, metric="final.nmi").columns
 
 
 def test_finished_or_exit_names_what_is_missing(tmp_path):
     a = _sweep(tmp_path / "a", [_row("ok", **{"config.p": 1})], {"name": "cifar10"})
     bad = _sweep(tmp_path / "bad", [_row("e", status="ERROR")], {"name": "cifar10"})
-    assert report.finished_or_exit([a], ["config.p"])["trial_id"].tolist() == ["ok"]
+    assert papers.finished_or_exit([a], ["config.p"])["trial_id"].tolist() == ["ok"]
     with pytest.raises(SystemExit, match=f"^{bad}: no finished trial with final.acc$"):
-        report.finished_or_exit([bad])
+        papers.finished_or_exit([bad])
     with pytest.raises(SystemExit, match=f"^{a} {bad}: no finished trial with final.acc and config.q$"):
-        report.finished_or_exit([a, bad], ["config.q"])
+        papers.finished_or_exit([a, bad], ["config.q"])
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -100,7 +100,7 @@ def test_metrics_table_by_hand():
             "other": [1, 2, 3, 4],
         }
     )
-    t = report.metrics_table(df, ["g"], ["final.acc", "final.nmi", "final.ari"])  # ari: not there, skipped
+    t = render.metrics_table(df, ["g"], ["final.acc", "final.nmi", "final.ari"])  # ari: not there, skipped
     assert list(t.columns) == [
         "g",
         *("acc_mean", "acc_std", "acc_median", "count"),
@@ -129,17 +129,17 @@ def test_metrics_table_two_keys_and_other_prefixes():
             "best_label_selected.acc": [0.3, 0.8, 0.5, 0.1],
         }
     )
-    t = report.metrics_table(df, ["dataset", "config.p"], ["best_label_selected.acc"])
+    t = render.metrics_table(df, ["dataset", "config.p"], ["best_label_selected.acc"])
     assert t[["dataset", "config.p"]].values.tolist() == [["w", 1], ["x", 1], ["x", 2]]
     assert t["best_label_selected.acc_mean"].tolist() == pytest.approx([0.1, 0.8, 0.4])
     assert t["count"].tolist() == [1, 1, 2]
     with pytest.raises(ValueError, match="final.nmi"):
-        report.metrics_table(df, ["dataset"], ["final.nmi"])
+        render.metrics_table(df, ["dataset"], ["final.nmi"])
 
 
 def test_sort_in_order_puts_unknown_values_last_as_found():
     df = pd.DataFrame({"arm": ["x", "M1", "y", "M2", "M1"], "v": [0, 1, 2, 3, 4]})
-    out = report.sort_in_order(df, "arm", ["M2", "M1", "M9"])
+    out = render.sort_in_order(df, "arm", ["M2", "M1", "M9"])
     assert out["arm"].tolist() == ["M2", "M1", "M1", "x", "y"]
     assert out["v"].tolist() == [3, 1, 4, 0, 2]  # ties keep their order
     assert list(out.index) == [0, 1, 2, 3, 4]
@@ -147,7 +147,7 @@ def test_sort_in_order_puts_unknown_values_last_as_found():
 
 def test_ablation_table_uses_the_arm_order():
     df = pd.DataFrame({"arm": ["b", "a", "b", "c"], "final.acc": [0.2, 0.5, 0.4, 0.1]})
-    t = report.ablation_table(df, "final.acc", arm_order=["c", "b"])
+    t = render.ablation_table(df, "final.acc", arm_order=["c", "b"])
     assert t["arm"].tolist() == ["c", "b", "a"]
     assert t["final.acc"].tolist() == ["0.1000", "0.3000 ± 0.1414", "0.5000"]  # b: std of 0.2, 0.4
     assert t["trials"].tolist() == [1, 2, 1]
@@ -155,10 +155,10 @@ def test_ablation_table_uses_the_arm_order():
 
 # ---------------------------------------------------------------------------------------------- plots
 def test_errorbar_vs_param_draws_the_means():
-    plt = report.pyplot()
+    plt = render.pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2)
     df = pd.DataFrame({"p": [2, 1, 1], "s": ["b", "a", "a"], "m": [0.9, 0.2, 0.4]})
-    report.errorbar_vs_param(ax1, df, "p", "m", label="M")
+    render.errorbar_vs_param(ax1, df, "p", "m", label="M")
     (bars,) = ax1.containers
     line, _, (yerr,) = bars  # the line, its caps, the error bars
     np.testing.assert_allclose(np.asarray(line.get_xdata(), float), [1, 2])
@@ -166,7 +166,7 @@ def test_errorbar_vs_param_draws_the_means():
     # p = 1: std of 0.2, 0.4 = sqrt(0.02); p = 2: one value, drawn as 0
     np.testing.assert_allclose([np.ptp(seg[:, 1]) / 2 for seg in yerr.get_segments()], [math.sqrt(0.02), 0])
     assert bars.get_label() == "M"
-    report.errorbar_vs_param(ax2, df, "s", "m")  # not numeric: at 0, 1 with the values as ticks
+    render.errorbar_vs_param(ax2, df, "s", "m")  # not numeric: at 0, 1 with the values as ticks
     np.testing.assert_allclose(np.asarray(ax2.containers[0].lines[0].get_xdata(), float), [0, 1])
     assert [t.get_text() for t in ax2.get_xticklabels()] == ["a", "b"]
     plt.close(fig)
@@ -181,14 +181,14 @@ def test_plot_metrics_panels_one_panel_per_dataset(tmp_path, monkeypatch):
             "final.nmi": [0.1, 0.2, 0.3, 0.4],
         }
     )
-    seen, save = {}, report.save_figure
+    seen, save = {}, render.save_figure
 
     def capture(fig, path):
         seen["axes"] = fig.axes
         return save(fig, path)
 
-    monkeypatch.setattr(report, "save_figure", capture)
-    path = report.plot_metrics_panels(
+    monkeypatch.setattr(render, "save_figure", capture)
+    path = render.plot_metrics_panels(
         df,
         "config.beta",
         ["final.acc", "final.nmi", "final.ari"],
@@ -210,10 +210,10 @@ def test_plot_metrics_panels_one_panel_per_dataset(tmp_path, monkeypatch):
 
 
 def test_save_figure_creates_the_folder_and_closes(tmp_path):
-    plt = report.pyplot()
+    plt = render.pyplot()
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    path = report.save_figure(fig, tmp_path / "a" / "b" / "f.png")
+    path = render.save_figure(fig, tmp_path / "a" / "b" / "f.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)
 
@@ -230,7 +230,7 @@ def _recorder(calls: list, files: list[str]):
 def test_analysis_cli_default_out_is_first_folder_analysis(tmp_path, capsys):
     calls: list = []
     a, b = tmp_path / "a", tmp_path / "b"
-    rc = report.analysis_cli("Title line.\n\nMore.", _recorder(calls, ["x.png", "t.md"]), [str(a), str(b)])
+    rc = papers.analysis_cli("Title line.\n\nMore.", _recorder(calls, ["x.png", "t.md"]), [str(a), str(b)])
     assert rc == 0
     assert calls == [([a, b], a / "analysis", True)]  # out created before build runs
     assert capsys.readouterr().out.splitlines() == [
@@ -242,56 +242,56 @@ def test_analysis_cli_default_out_is_first_folder_analysis(tmp_path, capsys):
 def test_analysis_cli_out_and_single_folder(tmp_path, capsys):
     calls: list = []
     out = tmp_path / "deep" / "out"
-    rc = report.analysis_cli("T", _recorder(calls, []), [str(tmp_path / "s"), "--out", str(out)], multi=False)
+    rc = papers.analysis_cli("T", _recorder(calls, []), [str(tmp_path / "s"), "--out", str(out)], multi=False)
     assert rc == 0 and calls == [([tmp_path / "s"], out, True)]
     assert capsys.readouterr().out == ""
     with pytest.raises(SystemExit) as e:  # one folder only
-        report.analysis_cli("T", _recorder(calls, []), ["a", "b"], multi=False)
+        papers.analysis_cli("T", _recorder(calls, []), ["a", "b"], multi=False)
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e:  # at least one
-        report.analysis_cli("T", _recorder(calls, []), [])
+        papers.analysis_cli("T", _recorder(calls, []), [])
     assert e.value.code == 2
     assert len(calls) == 1
 
 
 def test_analysis_cli_help_is_the_first_docstring_line(capsys):
     with pytest.raises(SystemExit):
-        report.analysis_cli("\nFirst line.\nSecond line.\n", _recorder([], []), ["--help"])
+        papers.analysis_cli("\nFirst line.\nSecond line.\n", _recorder([], []), ["--help"])
     text = capsys.readouterr().out
     assert "First line." in text and "Second line." not in text and "--out" in text
 
 
 # ------------------------------------------------------------------------------ paper-ready figures and tables
 def test_readable_names_and_statistic():
-    assert report.readable("final.acc") == "ACC (last evaluation)"
-    assert report.readable("best_label_selected.nmi") == "NMI (best evaluation, chosen with labels)"
-    assert (report.readable("config.tau"), report.readable("data.r_min"), report.readable("arm")) == (
+    assert render.readable("final.acc") == "ACC (last evaluation)"
+    assert render.readable("best_label_selected.nmi") == "NMI (best evaluation, chosen with labels)"
+    assert (render.readable("config.tau"), render.readable("data.r_min"), render.readable("arm")) == (
         "tau",
         "r_min",
         "arm",
     )
     df = pd.DataFrame({"p": [1, 1, 2, 2, 2], "config.seed": [0, 1, 0, 1, 2]})
-    assert report.statistic(df, ["p"]) == "mean ± std over 2-3 seeds"
-    assert report.statistic(df.assign(**{"config.seed": 0}), ["p"]) == "mean ± std over 2-3 trials"
-    assert report.statistic(df.head(1), ["p"]) == "mean ± std over 1 seed"
+    assert render.statistic(df, ["p"]) == "mean ± std over 2-3 seeds"
+    assert render.statistic(df.assign(**{"config.seed": 0}), ["p"]) == "mean ± std over 2-3 trials"
+    assert render.statistic(df.head(1), ["p"]) == "mean ± std over 1 seed"
 
 
 def test_markdown_table_is_real_markdown():
     df = pd.DataFrame({"a|b": ["x", "y|z"], "v": [0.123456, float("nan")], "n": [1, 2]})
     assert (
-        report.markdown_table(df) == "| a|b | v | n |\n|---|---|---|\n| x | 0.1235 | 1 |\n| y\\|z |  | 2 |\n"
+        render.markdown_table(df) == "| a|b | v | n |\n|---|---|---|\n| x | 0.1235 | 1 |\n| y\\|z |  | 2 |\n"
     )
 
 
 def test_save_figure_writes_png_and_svg(tmp_path):
-    fig, ax = report.pyplot().subplots()
+    fig, ax = render.pyplot().subplots()
     ax.plot([0, 1], [1, 0])
-    path = report.save_figure(fig, tmp_path / "f.png")
+    path = render.save_figure(fig, tmp_path / "f.png")
     assert path.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
 
 
 def test_paper_one_form_scores_and_table():
-    paper = report.Paper("T. 1", ("ACC", "NMI"), {"A": {"c10": (0.5, 0.25)}}, choice={"tau": 1.0})
+    paper = papers.Paper("T. 1", ("ACC", "NMI"), {"A": {"c10": (0.5, 0.25)}}, choice={"tau": 1.0})
     assert paper.score("A", "c10", "final.acc") == 0.5 and paper.score("A", "c10", "nmi") == 0.25
     assert paper.score("A", "c10", "ARI") is None and paper.score("B", "c10", "ACC") is None
     assert paper.table("arm").to_dict("records") == [
@@ -308,12 +308,12 @@ def test_bar_chart_marks_the_paper_and_names_the_statistic(tmp_path, monkeypatch
             "final.acc": [0.4, 0.6, 0.2, 0.2],
         }
     )
-    paper = report.Paper("T", ("ACC",), {"a": {"c10": (0.3,)}}, choice={"arm": "b"})
-    seen, save = {}, report.save_figure
+    paper = papers.Paper("T", ("ACC",), {"a": {"c10": (0.3,)}}, choice={"arm": "b"})
+    seen, save = {}, render.save_figure
     monkeypatch.setattr(
-        report, "save_figure", lambda fig, path: seen.setdefault("ax", fig.axes[0]) and save(fig, path)
+        render, "save_figure", lambda fig, path: seen.setdefault("ax", fig.axes[0]) and save(fig, path)
     )
-    report.bar_chart(df, "arm", "final.acc", tmp_path / "b.png", order=["a", "b"], paper=paper)
+    papers.bar_chart(df, "arm", "final.acc", tmp_path / "b.png", order=["a", "b"], paper=paper)
     ax = seen["ax"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
     assert [round(p.get_height(), 6) for p in ax.patches if p.get_width() < 0.85][:2] == [0.2, 0.5]
@@ -326,5 +326,35 @@ def test_bar_chart_marks_the_paper_and_names_the_statistic(tmp_path, monkeypatch
 
 def test_arm_order_comes_from_the_stored_spec(tmp_path):
     (tmp_path / "spec.yaml").write_text("ablation: {M2: {}, M1: {}, M3: {}}\n")
-    assert report.arm_order([tmp_path / "missing", tmp_path]) == ["M2", "M1", "M3"]
-    assert report.arm_order(tmp_path / "missing") == []
+    assert results.arm_order([tmp_path / "missing", tmp_path]) == ["M2", "M1", "M3"]
+    assert results.arm_order(tmp_path / "missing") == []
+
+
+def test_the_stored_spec_reads_typed_and_tolerates_old_or_partial_ones(tmp_path):
+    from tuneclust.spec import SpecError
+
+    assert results.read_stored_spec(tmp_path) is None
+    assert results.spec_or_defaults(tmp_path).objective.metric == "acc"
+    (tmp_path / "spec.yaml").write_text(
+        "name: s\nmethod: idfd\nbudget: {epochs: 4}\nobjective: {metric: loss}\n"
+        "search: {lr: {loguniform: [0.001, 0.1]}, tau: {grid: [0.1, 1.0]}}\n"
+    )
+    spec = results.read_stored_spec(tmp_path)
+    assert (spec.budget.epochs, spec.mode, results.objective(spec), results.objective(spec, "acc")) == (
+        4,
+        "min",
+        ("loss", "min"),
+        ("acc", "max"),
+    )
+    assert spec.search["lr"].kind == "loguniform"
+    # an older spec: a key the model no longer has, a section that no longer validates, no budget
+    (tmp_path / "spec.yaml").write_text(
+        "name: s\nmethod: idfd\nretired_key: 1\nobjective: {metric: acc, x: 1}\n"
+    )
+    old = results.read_stored_spec(tmp_path)
+    assert (old.name, old.budget.epochs, old.mode) == ("s", 0, "max")
+    with pytest.raises(SpecError, match="spec.yaml"):
+        results.read_stored_spec(tmp_path, validate=True)  # --resume validates in full
+    (tmp_path / "spec.yaml").write_text("name: s\nname: t\n")
+    with pytest.raises(SpecError, match="duplicate"):
+        results.read_stored_spec(tmp_path)  # through yamlsafe: a duplicate key is refused

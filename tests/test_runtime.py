@@ -282,7 +282,8 @@ def test_compile_watch_reports_graph_breaks_and_cudagraph_skips_and_warns_once()
 def test_static_shapes_decides_the_ragged_last_batch(runtime_cfg, static) -> None:
     """``runtime.static_shapes`` drops (or keeps) each epoch's ragged last batch, in the base loop and in CDC's
     fine-tuning batches, and the trial reports which. Construction only (no compilation runs)."""
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     data = {"name": "digits", "subsample": 200}  # 200 = 3 x 64 + 8
     plan = TrialPlan("idfd", {"backbone": "convnet", "batch_size": 64}, data, 1)
@@ -303,7 +304,8 @@ def test_a_compiled_step_keeping_the_ragged_batch_trains_as_eager() -> None:
     dynamic recompile of the full-batch graph), and the epoch's losses are eager fp32's (rel 1e-3)."""
     import torch._dynamo
 
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     runs = {}
     for mode in ("none", "default"):
@@ -327,7 +329,8 @@ def test_a_compiled_step_keeping_the_ragged_batch_trains_as_eager() -> None:
 def test_compile_reaches_the_entry_points_each_step_calls(method) -> None:
     """A compiled runtime compiles what the step calls (an autoencoder's encode/decode, not only forward), and
     nothing where compilation cannot apply; fp32 eager compiles nothing. Construction only (no compilation runs)."""
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     for mode in ("default", "none"):
         plan = TrialPlan(method, SMALL[method], {"name": "digits", "subsample": 64}, 2)
@@ -423,7 +426,8 @@ def test_every_method_trains_compiled_as_eager(method, device, mode) -> None:
     graphs (compilation ran) without a graph break. TF32 off on the GPU so that eager and compiled compute in fp32 alike."""
     import torch._dynamo
 
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     runs = {}
     for compile_mode in ("none", mode):
@@ -471,7 +475,8 @@ def test_fused_optimizers_train_as_the_reference(monkeypatch: pytest.MonkeyPatch
     differs by rounding may settle on another partition (CPU-dependent)."""
     import re
 
-    from tuneclust.trainable import TrialLoop, TrialPlan
+    from tuneclust.plan import TrialPlan
+    from tuneclust.trainable import TrialLoop
 
     def run() -> tuple[TrialLoop, list[dict]]:
         plan = TrialPlan(method, {**config, "seed": 1}, {"name": "digits", "subsample": 128}, 2)

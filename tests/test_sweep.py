@@ -14,7 +14,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tuneclust import partitions, report
+from tuneclust import answer, partitions, results
 from tuneclust.cli import main
 from tuneclust.spec import load_spec
 from tuneclust.sweep import run_sweep
@@ -114,16 +114,16 @@ scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
     # no ranked or plotted value mixes budgets: each is the value at the epoch every finished trial reached
     equal = int(good["epochs_run"].min())
     at = epochs[epochs["epoch"] == equal].set_index("trial_id")["acc"]
-    ranked = report.ranking(out)
+    ranked = answer.ranking(out)
     assert f"acc@{equal}" in ranked
     for _, r in ranked[ranked["status"] == "TERMINATED"].iterrows():
         assert r[f"acc@{equal}"] == pytest.approx(at[r["trial_id"]])
-    ans = report.sweep_answer(out)
+    ans = answer.sweep_answer(out)
     assert ans.view.epoch == equal and set(ans.view.trials["trial_id"]) == set(good["trial_id"])
     assert (ans.view.trials["acc"].to_numpy() == at[ans.view.trials["trial_id"]].to_numpy()).all()
     plotted = ans.view.trials.groupby("config.lr")["acc"].mean()  # what acc_vs_lr.png draws
     assert plotted.iloc[0] == pytest.approx(at[good["trial_id"]].mean())
-    loaded = report.load_finished(out)  # what analysis/ reads
+    loaded = results.load_finished(out)  # what analysis/ reads
     assert (loaded["final.acc"].to_numpy() == at[loaded["trial_id"]].to_numpy()).all()
     # a second sweep into the same folder is refused without --resume/--overwrite, and nothing is touched
     assert main(["sweep", str(tmp_path / "s.yaml")]) == 2

@@ -7,12 +7,11 @@ import os
 import pytest
 import torch
 
-from tuneclust.methods import NonFiniteLossError
-from tuneclust.plan import SweepPlan, merge
+from tuneclust.methods import NonFiniteError
+from tuneclust.plan import SweepPlan, TrialPlan, merge
 from tuneclust.trainable import (
     STATE_FILE,
     TrialLoop,
-    TrialPlan,
     available_checkpoint,
     select_device,
     superseded_line,
@@ -88,7 +87,7 @@ def test_loop_state_resumes_to_the_same_numbers():
 
 def test_a_diverging_trial_raises_a_clear_error():
     loop = TrialLoop(TrialPlan(config={**CFG, "lr": 1e30}, epochs=2, **PLAN), torch.device("cpu"))
-    with pytest.raises(NonFiniteLossError, match="non-finite"):
+    with pytest.raises(NonFiniteError, match="non-finite"):
         list(loop.run())
 
 

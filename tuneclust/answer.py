@@ -1,7 +1,8 @@
 """The sweep's answer: which setting is best, at a stated budget, by how much, and can it be told apart.
 
-Statistics only (no plotting): :func:`answer` reads a sweep's tables, stored spec and partitions and returns an
-:class:`Answer`; :mod:`tuneclust.report` renders it and the sweep's end summary and MLflow parent print it.
+Statistics only (no plotting): :func:`answer` reads a sweep's tables, stored spec and partitions (of a folder:
+:func:`sweep_answer`; :func:`ranking` ranks its trials) and returns an :class:`Answer`; :mod:`tuneclust.report`
+renders it and the sweep's end summary and MLflow parent print it.
 
 - **Budgets.** A comparison is made at one epoch. Under early stopping that is the last evaluation every
   finished trial reached (``equal``), and separately the survivors at the full budget (``full``); without
@@ -24,11 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuneclust import criteria, partitions
+from tuneclust import criteria, partitions, results
 from tuneclust.metrics import LABEL_FREE, metric_mode
+from tuneclust.results import SEED, equal_budget_epoch, finished, objective, param_column, rows_at
+from tuneclust.spec import Spec
 from tuneclust.storage import Location
 
-SEED = "config.seed"
 TRUST_CRITERIA = (*criteria.SELECTION, *LABEL_FREE)
 """Label-free criteria the trust table evaluates (cross-trial ones first, then the own-embedding ones)."""
 
@@ -77,8 +79,7 @@ def setting_label(row: pd.Series | dict[str, Any], columns: list[str]) -> str:
         if c == "arm":
             parts.append(str(v))
         else:
-            short = c.split(".", 1)[1] if c.startswith(("config.", "data.")) else c
-            parts.append(f"{short}={v:g}" if isinstance(v, float) else f"{short}={v}")
+            parts.append(f"{readable_param(c)}={v:g}" if isinstance(v, float) else f"{readable_param(c)}={v}")
     return " · ".join(parts) or "(one setting)"
 
 
@@ -86,22 +87,9 @@ def setting_columns(trials: pd.DataFrame, search_keys: list[str]) -> list[str]:
     """The columns that tell settings apart: ``arm`` when there are arms, each searched key but the seed."""
     cols = ["arm"] if "arm" in trials and trials["arm"].fillna("").nunique() > 1 else []
     for k in search_keys:
-        col = k if k.startswith("data.") else f"config.{k}"
-        if k != "seed" and col in trials:
-            cols.append(col)
+        if k != "seed" and param_column(k) in trials:
+            cols.append(param_column(k))
     return cols
-
-
-def rows_at(epochs: pd.DataFrame, epoch: int) -> pd.DataFrame:
-    """Each trial's evaluation at ``epoch`` (index ``trial_id``; the last one if it was reported twice)."""
-    at = epochs[epochs["epoch"] == epoch] if "epoch" in epochs else epochs.iloc[0:0]
-    return at.drop_duplicates("trial_id", keep="last").set_index("trial_id")
-
-
-def equal_budget_epoch(trials: pd.DataFrame) -> int | None:
-    """The last evaluation every finished trial reached (None when none finished)."""
-    done = finished(trials)
-    return int(done["epochs_run"].min()) if "epochs_run" in done and not done.empty else None
 
 
 def values_at(trials: pd.DataFrame, epochs: pd.DataFrame, epoch: int) -> pd.DataFrame:
@@ -112,10 +100,6 @@ def values_at(trials: pd.DataFrame, epochs: pd.DataFrame, epoch: int) -> pd.Data
     return out.join(at, on="trial_id")
 
 
-def finished(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
-
-
 def views(trials: pd.DataFrame, epochs: pd.DataFrame, full: int, cols: list[str]) -> list[View]:
     """The equal-budget view (the last epoch every finished trial reached) and, if it differs, the full one."""
     done = finished(trials)
@@ -124,11 +108,8 @@ def views(trials: pd.DataFrame, epochs: pd.DataFrame, full: int, cols: list[str]
     done = done.assign(stopped=done["epochs_run"].astype(int) < full)
     done = done.assign(setting=[setting_label(r, cols) for _, r in done.iterrows()])
     equal = equal_budget_epoch(done)
-    out = [
-        View(
-            equal, "equal budget" if done["stopped"].any() else "full budget", values_at(done, epochs, equal)
-        )
-    ]
+    what = "equal budget" if done["stopped"].any() else "full budget"
+    out = [View(equal, what, values_at(done, epochs, equal))]
     if equal < full:
         survivors = done[~done["stopped"]]
         if not survivors.empty:
@@ -186,12 +167,8 @@ def paired_gap(df: pd.DataFrame, metric: str, mode: str, best: str, other: str) 
     common = a.index.intersection(b.index)
     d = (sign * (a.loc[common].astype(float) - b.loc[common].astype(float))).dropna()
     n = len(d)
-    out: dict[str, Any] = {
-        "best": best,
-        "runner_up": other,
-        "pairs": n,
-        "diff": float(d.mean()) if n else None,
-    }
+    diff = float(d.mean()) if n else None
+    out: dict[str, Any] = {"best": best, "runner_up": other, "pairs": n, "diff": diff}
     if n > 1:
         half = _t(n) * float(d.std(ddof=1)) / math.sqrt(n)
         out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half)
@@ -270,12 +247,12 @@ def importance(
     return {p: float(v) for p, v in result.items()}
 
 
-def log_scaled(spec: dict[str, Any], trials: pd.DataFrame) -> set[str]:
+def log_scaled(spec: Spec, trials: pd.DataFrame) -> set[str]:
     """Parameter columns to draw on a log axis: searched log-uniformly, or positive and spanning >= 10x."""
     out = set()
-    for key, dim in (spec.get("search") or {}).items():
-        col = key if key.startswith("data.") else f"config.{key}"
-        if isinstance(dim, dict) and ("loguniform" in dim or "qloguniform" in dim):
+    for key, dim in spec.search.items():
+        col = param_column(key)
+        if dim.kind == "loguniform":
             out.add(col)
         elif col in trials and pd.api.types.is_numeric_dtype(trials[col]) and key != "seed":
             v = trials[col].dropna()
@@ -287,18 +264,15 @@ def log_scaled(spec: dict[str, Any], trials: pd.DataFrame) -> set[str]:
 def answer(
     trials: pd.DataFrame,
     epochs: pd.DataFrame,
-    spec: dict[str, Any],
+    spec: Spec,
     sweep_dir: Location | str | None = None,
     metric: str | None = None,
 ) -> Answer | None:
     """The sweep's answer from its tables and stored spec (``sweep_dir``: where its partitions are); None when
     no trial finished with an evaluation."""
-    obj = spec.get("objective") or {}
-    metric = metric or obj.get("metric") or "acc"
-    mode = (obj.get("mode") if metric == obj.get("metric") else None) or metric_mode(metric)
-    full = int((spec.get("budget") or {}).get("epochs") or trials.get("epochs_run", pd.Series([0])).max())
-    keys = list((spec.get("search") or {}).keys())
-    cols = setting_columns(trials, keys)
+    metric, mode = objective(spec, metric)
+    full = int(spec.budget.epochs or trials.get("epochs_run", pd.Series([0])).max())
+    cols = setting_columns(trials, list(spec.search))
     vs = views(trials, epochs, full, cols)
     if not vs:
         return None
@@ -324,6 +298,41 @@ def answer(
     return Answer(metric, mode, cols, vs, table, gap, trust_table(main.trials), imp, full_table)
 
 
+def sweep_answer(sweep_dir: str | Location, metric: str | None = None) -> Answer | None:
+    """:func:`answer` of a sweep folder or URI (None when no trial finished)."""
+    trials, epochs = results.load_results(sweep_dir)
+    return answer(trials, epochs, results.spec_or_defaults(sweep_dir), sweep_dir, metric)
+
+
+def ranking(sweep_dir: str | Location, metric: str | None = None) -> pd.DataFrame:
+    """Trials ranked by the objective at the equal budget (the last evaluation every finished trial reached;
+    ``<metric>@<epoch>``), then errored trials; ``stopped`` marks a trial an early-stopping scheduler ended
+    before the full budget. The settings' ranking (seeds pooled) is :func:`answer`'s."""
+    trials, epochs = results.load_results(sweep_dir)
+    spec = results.spec_or_defaults(sweep_dir)
+    metric, mode = objective(spec, metric)
+    trials = trials.copy()
+    full = spec.budget.epochs
+    if full and "epochs_run" in trials:
+        trials["stopped"] = (trials["epochs_run"] < full) & (trials.get("status") == "TERMINATED")
+    at = equal_budget_epoch(trials)
+    at_col = f"{metric}@{at}" if at is not None else None
+    if at is not None and not epochs.empty and metric in epochs:
+        trials[at_col] = trials["trial_id"].map(rows_at(epochs, at)[metric])
+    params = results.searched_params(spec, trials)
+    keep = ["trial_id", "arm", *params, "status", "epochs_run", "stopped", at_col, f"final.{metric}"]
+    keep += ["final.acc", "final.nmi", "final.ari", "final.silhouette", f"best_label_selected.{metric}"]
+    blank = "arm" in trials and (trials["arm"].fillna("") == "").all()
+    keep = [c for c in dict.fromkeys(keep) if c and c in trials and not (c == "arm" and blank)]
+    if "stopped" in keep and not trials["stopped"].any():
+        keep.remove("stopped")
+    out = trials[keep]
+    key = at_col if at_col in out else f"final.{metric}"
+    if key in out:
+        out = out.sort_values(key, ascending=mode == "min", na_position="last")
+    return out.rename(columns={c: c.removeprefix(results.CONFIG) for c in out.columns}).reset_index(drop=True)
+
+
 def answer_text(ans: Answer, top: int = 10, compact: bool = False) -> str:
     """The answer in a few lines: the settings table at the compared budget, the best-vs-runner-up verdict,
     the survivors at the full budget, parameter importance and, with labels, the trust table. ``compact`` (the
@@ -331,11 +340,11 @@ def answer_text(ans: Answer, top: int = 10, compact: bool = False) -> str:
     survivors = 3 if compact else top
     top = min(top, 5) if compact else top
     lines = [f"settings ranked by {ans.metric} ({ans.mode}) at {ans.view.label}:"]
-    lines.append(_fmt(settings_display(ans.settings).head(top)))
+    lines.append(plain_table(settings_display(ans.settings).head(top)))
     lines.append(gap_text(ans.gap, ans.metric))
     if ans.full_settings is not None and not ans.full_settings.empty:
         lines.append(f"survivors at {ans.views[1].label}:")
-        lines.append(_fmt(settings_display(ans.full_settings).head(survivors)))
+        lines.append(plain_table(settings_display(ans.full_settings).head(survivors)))
     if ans.importance:
         imp = ", ".join(f"{readable_param(k)} {v:.2f}" for k, v in ans.importance.items())
         lines.append(f"parameter importance (fANOVA, {ans.metric}; the seed's share is noise): {imp}")
@@ -344,7 +353,7 @@ def answer_text(ans: Answer, top: int = 10, compact: bool = False) -> str:
         if compact:
             trust = trust[trust["criterion"].isin([*criteria.SELECTION, "silhouette"])]
         lines.append("can label-free selection be trusted here? (Spearman with ACC across settings)")
-        lines.append(_fmt(trust))
+        lines.append(plain_table(trust))
     return "\n".join(lines)
 
 
@@ -371,8 +380,9 @@ def settings_display(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _fmt(df: pd.DataFrame) -> str:
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+def plain_table(df: pd.DataFrame, precision: int = 3) -> str:
+    """``df`` as aligned plain text for a terminal (no index; floats to ``precision``)."""
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", precision):
         return df.to_string(index=False)
 
 

@@ -214,24 +214,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import yaml
-
-    from tuneclust.spec import SpecError, validate_spec
+    from tuneclust.spec import SpecError
     from tuneclust.sweep import SweepError
 
     try:
         spec = with_header_description(_load(args.spec, args.overrides, args.smoke), args.spec)
         if args.resume:
+            from tuneclust.results import read_stored_spec
             from tuneclust.sweep import sweep_dir
 
             stored = sweep_dir(spec, args.storage) / "spec.yaml"
             if stored.exists():  # the sweep's own spec (maybe on object storage), written by run_sweep
-                spec = validate_spec(yaml.safe_load(stored.read_text()), str(stored))
+                spec = read_stored_spec(sweep_dir(spec, args.storage), validate=True)
     except (SpecError, SweepError) as e:
         return _fail(str(e))
     except OSError as e:  # a results path the filesystem refuses (name too long, ...)
         return _fail(f"{args.spec}: storage: {e.strerror or type(e).__name__}")
-    from tuneclust import report
+    from tuneclust import answer
     from tuneclust.sweep import SweepError, run_sweep, sweep_dir, sweep_outcome, trial_total
 
     try:
@@ -264,7 +263,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         print(mps_line("detect", spec.resources.gpu))
     try:
-        ans = report.sweep_answer(out)
+        ans = answer.sweep_answer(out)
         if ans is not None:
             from tuneclust.answer import answer_text
 

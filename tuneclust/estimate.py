@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from tuneclust.data.registry import DataConfig, load_dataset
+from tuneclust.plan import TrialPlan
 from tuneclust.runtime import describe, resolve
 from tuneclust.schedulers import budget_fraction
 from tuneclust.spec import Spec
-from tuneclust.trainable import TrialLoop, TrialPlan
+from tuneclust.trainable import TrialLoop
 
 
 @dataclass

@@ -69,19 +69,13 @@ def check_storage(out: Path) -> None:
 
 
 def check_remote_storage(uri: str) -> None:
-    """Hook for storage URIs (``s3://``, ``gs://``...): :mod:`tuneclust.storage` checks them when present."""
+    """A storage URI (``s3://``, ``gs://``...) as :func:`tuneclust.storage.check_storage` checks it."""
+    from tuneclust.storage import check_storage
+
     try:
-        from tuneclust import storage  # type: ignore[attr-defined]  # added by the cloud work (issue 11)
-    except ImportError:
-        raise PreflightError(
-            f"storage: {clip(uri, 100)}: URIs are not supported here; use a local folder"
-        ) from None
-    check = getattr(storage, "check_storage", None)
-    if check is not None:
-        try:
-            check(uri)
-        except (OSError, ValueError) as e:
-            raise PreflightError(f"storage: {clip(uri, 100)}: {clip(str(e), 150)}") from None
+        check_storage(uri)
+    except (OSError, ValueError) as e:
+        raise PreflightError(f"storage: {clip(uri, 100)}: {clip(str(e), 150)}") from None
 
 
 def check_mlflow(uri: str) -> None:

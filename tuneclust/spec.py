@@ -27,7 +27,6 @@ from tuneclust.yamlsafe import load as load_yaml
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 SEARCHERS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
-TIME_ATTRS = ("epoch", "step", "training_iteration")
 MAX_NAME = 100
 """Longest sweep name: it names a folder (and MLflow runs)."""
 MAX_EPOCHS = 100_000

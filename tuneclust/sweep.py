@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tuneclust import answer, lease, preflight, progress, raycompat, report, runtime, tracking
+from tuneclust import answer, lease, preflight, progress, raycompat, render, report, runtime, tracking
 from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
 from tuneclust.schedulers import build_scheduler, pbt_keys
 from tuneclust.searchers import build_searcher
@@ -153,7 +153,7 @@ class TrackingCallback(tune.Callback):
         if mlf is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 rows = self.tables.epochs.get(trial.trial_id, [])
-                figures = report.trial_figures(rows, self.spec.objective.metric, Path(tmp), trial.trial_id)
+                figures = render.trial_figures(rows, self.spec.objective.metric, Path(tmp), trial.trial_id)
                 mlf.trial_summary(trial.trial_id, figures)
             mlf.end_trial(trial.trial_id, status, error)
 
@@ -177,9 +177,9 @@ class TrackingCallback(tune.Callback):
                 # beside the tables when they are local; on object storage only as MLflow artifacts (a temp folder)
                 with tempfile.TemporaryDirectory() as tmp:
                     out = None if locate(self.sweep_dir).local else Path(tmp)
-                    ans = report.sweep_answer(self.sweep_dir)  # computed once: the cross-trial criteria cost
+                    ans = answer.sweep_answer(self.sweep_dir)  # computed once: the cross-trial criteria cost
                     files = report.write_report(self.sweep_dir, out=out, ans=ans)
-                    ranking = report.markdown_table(report.ranking(self.sweep_dir).head(20))
+                    ranking = render.markdown_table(answer.ranking(self.sweep_dir).head(20))
                     mlf.sweep_summary(ranking, files, report.answer_markdown(ans) if ans else "")
             unfinished = [t.trial_id for t in trials if t.trial_id not in self.tables.trials]
             for trial_id in unfinished:

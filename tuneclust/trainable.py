@@ -37,7 +37,6 @@ __all__ = [
     "STATE_FILE",
     "TrialLoop",
     "TrialOutOfMemoryError",
-    "TrialPlan",
     "available_checkpoint",
     "ray_trainable",
     "seed_everything",
@@ -156,7 +155,7 @@ class TrialLoop:
         rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"method": self.method.state_dict(), "rng": rng, "plan_config": self.plan.config}
+        return {"method": self.method.state_dict(), "rng": rng}
 
     def load(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint. The method re-applies this plan's config to its optimisers afterwards."""

@@ -23,9 +23,6 @@ MAX_ALIASES = 100
 """Most ``*alias`` references in one document."""
 MAX_NODES = 200_000
 """Most nodes in the document once aliases are expanded (what ``json.dumps`` of it would walk)."""
-PLAIN_TAGS = {
-    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp")
-}
 
 
 class YamlError(ValueError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteError, NonFiniteLossError
+from tuneclust.methods.base import Evaluation, Method, MethodConfig, NonFiniteError
 from tuneclust.plugins import (
     METHOD_GROUP,
     PluginError,
@@ -98,7 +98,6 @@ __all__ = [
     "Method",
     "MethodConfig",
     "NonFiniteError",
-    "NonFiniteLossError",
     "PluginError",
     "UnknownMethodError",
     "check_method_class",

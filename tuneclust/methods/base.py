@@ -96,9 +96,6 @@ class NonFiniteError(RuntimeError):
     """A loss, an embedding or an assignment became NaN or infinite: the trial stops, the sweep goes on."""
 
 
-NonFiniteLossError = NonFiniteError  # the name tests and earlier code use
-
-
 @dataclass
 class _Optimizer:
     """A registered optimiser and how the config sets its hyperparameters."""
@@ -141,7 +138,7 @@ _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"sgd": torch.optim.SGD, "
 
 
 class Method(ABC):
-    """Base class of the methods: see the module docstring and DESIGN.md, "A method is".
+    """Base class of the methods: see the module docstring (and the README's "The method contract").
 
     Subclasses set ``name`` and ``Config`` and implement :meth:`build`, :meth:`step` and :meth:`evaluate`.
     ``self.epoch`` is the number of completed epochs (the trial loop increments it after :meth:`train_epoch`),

@@ -63,10 +63,6 @@ class DenseAutoencoder(nn.Module):
         self.decoder = _mlp(sizes[::-1])
         init_dense(self, init)
 
-    @property
-    def embed_dim(self) -> int:
-        return int(self.encoder[-1].out_features)
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, ...) -> (B, d); anything past the batch axis is flattened."""
         return self.encoder(x.flatten(1))
