@@ -20,7 +20,7 @@ A study is a YAML file (search_spaces/*.yaml): method, data, search space, searc
 `sweep` runs it and writes STORAGE/NAME/{trials,epochs}.parquet plus one MLflow run per trial;
 `report` ranks the trials and plots them; `validate` checks a study without running it."""
 EPILOG = """examples:
-  python -m tuneclust sweep search_spaces/quickstart.yaml          # 8 small trials on the bundled digits
+  python -m tuneclust sweep search_spaces/quickstart.yaml          # 12 small trials on the bundled digits
   python -m tuneclust sweep search_spaces/idfd_tau.yaml --smoke    # any study, shrunk to a quick check
   python -m tuneclust report runs/quickstart                       # ranking, plots, tables
 run `python -m tuneclust COMMAND --help` for a command's options."""
@@ -31,28 +31,20 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m tuneclust",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _add_set(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key (dotted path, value parsed as YAML), e.g. --set budget.epochs=10",
     )
-    sub = p.add_subparsers(dest="command", required=True)
 
-    def add_set(q: argparse.ArgumentParser) -> None:
-        q.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a spec key (dotted path, value parsed as YAML), e.g. --set budget.epochs=10",
-        )
 
-    s = sub.add_parser("sweep", help="run a study on Ray Tune")
+def _add_sweep(s: argparse.ArgumentParser) -> None:
     s.add_argument("spec", help="the study's YAML file")
-    add_set(s)
+    _add_set(s)
     s.add_argument(
         "--storage", help="results root (default: the spec's storage, ./runs); results go to STORAGE/NAME"
     )
@@ -79,14 +71,17 @@ def _parser() -> argparse.ArgumentParser:
         help="Ray's own status tables and worker logs instead of the one progress line",
     )
 
+
+def _add_small(sub: Any) -> None:
+    """validate, train, report and list."""
     v = sub.add_parser("validate", help="parse and check specs, print the trial count of each; runs nothing")
     v.add_argument("specs", nargs="+")
-    add_set(v)
+    _add_set(v)
     v.add_argument("--smoke", action="store_true", help="also validate the --smoke version of each spec")
 
     t = sub.add_parser("train", help="run one trial in-process without Ray (debug a method)")
     t.add_argument("spec")
-    add_set(t)
+    _add_set(t)
     t.add_argument("--arm", help="ablation arm to run (default: the first)")
     t.add_argument(
         "--smoke", action="store_true", help="apply the --smoke reductions (digits, <=2 epochs, CPU)"
@@ -105,9 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--keys", metavar="METHOD", nargs="?", const="all",
                     help="print the config keys of METHOD (or all) as Markdown tables: type, default, meaning")  # fmt: skip
 
-    _add_estimate(sub.add_parser("estimate", help="time one trial here and predict the study's wall time and "
-                                 "GPU-hours"), add_set)  # fmt: skip
 
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tuneclust",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_sweep(sub.add_parser("sweep", help="run a study on Ray Tune"))
+    _add_small(sub)
+    _add_estimate(sub.add_parser("estimate", help="time one trial here and predict the study's wall time and "
+                                 "GPU-hours"), _add_set)  # fmt: skip
     f = sub.add_parser("features", help="extract ImageNet ResNet50 features of a dataset into an .npz (for CDC)",
                        add_help=False)  # fmt: skip
     f.add_argument("rest", nargs=argparse.REMAINDER)
@@ -230,8 +235,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except OSError as e:  # a results path the filesystem refuses (name too long, ...)
         return _fail(f"{args.spec}: storage: {e.strerror or type(e).__name__}")
-    from tuneclust import answer
-    from tuneclust.sweep import SweepError, run_sweep, sweep_dir, sweep_outcome, trial_total
+    from tuneclust.sweep import SweepError, run_sweep, sweep_dir, trial_total
 
     try:
         results = run_sweep(
@@ -252,7 +256,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     out = sweep_dir(spec, args.storage)
-    total = trial_total(spec, len(results))
+    counts = _end_summary(spec, out, trial_total(spec, len(results)))
+    if counts["unfinished"]:
+        done = counts["terminated"] + counts["errored"]
+        print(
+            f"interrupted: {done} finished, {counts['unfinished']} unfinished — resume with: {resume_command(args)}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return 0 if counts["terminated"] else 1
+
+
+def _end_summary(spec: Any, out: Any, total: int) -> dict[str, int]:
+    """The lines a sweep ends with: trial counts, the answer, where the results are; returns the counts."""
+    from tuneclust.answer import answer_text, sweep_answer
+    from tuneclust.sweep import sweep_outcome
+
     counts = sweep_outcome(out, total)
     print(
         f"\n{spec.name}: {total} trials: {counts['terminated']} finished, {counts['errored']} errored, "
@@ -263,10 +282,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         print(mps_line("detect", spec.resources.gpu))
     try:
-        ans = answer.sweep_answer(out)
+        ans = sweep_answer(out)
         if ans is not None:
-            from tuneclust.answer import answer_text
-
             print(answer_text(ans, compact=True))
     except FileNotFoundError:
         pass
@@ -275,14 +292,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     ui = mlflow_ui_command(spec, out)
     if ui:
         print(ui)
-    if counts["unfinished"]:
-        done = counts["terminated"] + counts["errored"]
-        print(
-            f"interrupted: {done} finished, {counts['unfinished']} unfinished — resume with: {resume_command(args)}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    return 0 if counts["terminated"] else 1
+    return counts
 
 
 def resume_command(args: argparse.Namespace, resume: bool = True) -> str:
@@ -388,35 +398,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def config_reference(method: str) -> str:
-    """A Markdown table of a method's config keys: type, default and the documented reason."""
-    from tuneclust.methods import get_method
-
-    cls = get_method(method)
-    rows = [
-        f"### `{method}` ({cls.__name__})",
-        "",
-        "| key | type | default | meaning (source) |",
-        "|---|---|---|---|",
-    ]
-    for name, f in cls.Config.model_fields.items():
-        kind = (
-            str(f.annotation)
-            .replace("typing.", "")
-            .replace("<class '", "")
-            .replace("'>", "")
-            .replace("|", "\\|")
-        )
-        desc = " ".join((f.description or "").split()).replace("|", "\\|")
-        rows.append(f"| `{name}` | {kind} | `{f.default!r}` | {desc} |")
-    return "\n".join(rows) + "\n"
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     from tuneclust import criteria, metrics
     from tuneclust.data.plugins import plugin_names
     from tuneclust.data.registry import DATASETS
-    from tuneclust.methods import get_method, method_names
+    from tuneclust.methods import config_reference, get_method, method_names
     from tuneclust.plugins import PluginError
     from tuneclust.spec import DISTRIBUTIONS, SCHEDULERS, SEARCHERS
 

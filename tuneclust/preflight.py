@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tuneclust.spec import Spec, check_tracking_uri
+from tuneclust.rules import check_tracking_uri
+from tuneclust.spec import Spec
 from tuneclust.yamlsafe import clip
 
 PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")

@@ -20,6 +20,8 @@ MAX_INT = 2**53
 """Largest integer a config value may have (exactly representable as a float)."""
 MAX_BATCH = 65_536
 MAX_IMAGE_SIZE = 1024
+URI_SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql", "uc", "databricks-uc")
+"""Tracking-URI schemes MLflow 3 accepts as a tracking store (``file:`` stores are refused by MLflow 3.x)."""
 
 
 class Violation(ValueError):
@@ -110,6 +112,20 @@ def _own_key(spec: Any, key: str, field: str, hint: bool = True) -> None:
     if key not in fields:
         tail = f"; {one_of(key, fields)}" if hint else ""
         raise Violation(field, f"unknown {spec.method} config key{tail}")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Raise ValueError unless ``uri`` has a tracking-store scheme MLflow accepts (``file:`` is refused)."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    base = scheme.split("+", 1)[0]  # postgresql+psycopg2://...
+    if base == "file" or (not scheme and uri):
+        raise ValueError(
+            "MLflow 3 refuses file stores: use sqlite:///PATH/mlflow.db, http(s)://HOST:PORT or a database URI"
+        )
+    if base not in URI_SCHEMES:
+        raise ValueError(f"unknown scheme {short(scheme, 30)}; expected one of {', '.join(URI_SCHEMES)}")
+    if base == "sqlite" and not uri.startswith("sqlite:///"):
+        raise ValueError("expected sqlite:///PATH (three slashes, then the database file)")
 
 
 # --------------------------------------------------------------------------------------------- the rules

@@ -31,8 +31,6 @@ MAX_NAME = 100
 """Longest sweep name: it names a folder (and MLflow runs)."""
 MAX_EPOCHS = 100_000
 MAX_SPEC_BYTES = 1 << 20
-URI_SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql", "uc", "databricks-uc")
-"""Tracking-URI schemes MLflow 3 accepts as a tracking store (``file:`` stores are refused by MLflow 3.x)."""
 
 
 MAX_MESSAGE = 290
@@ -213,7 +211,7 @@ class MlflowSpec(_Strict):
     @classmethod
     def _uri_scheme(cls, v: str | None) -> str | None:
         if v is not None:
-            check_tracking_uri(v)
+            rules.check_tracking_uri(v)
         return v
 
 
@@ -329,20 +327,6 @@ class Spec(_Strict):
 
 
 # loading -----------------------------------------------------------------------------------------------
-def check_tracking_uri(uri: str) -> None:
-    """Raise ValueError unless ``uri`` has a tracking-store scheme MLflow accepts (``file:`` is refused)."""
-    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
-    base = scheme.split("+", 1)[0]  # postgresql+psycopg2://...
-    if base == "file" or (not scheme and uri):
-        raise ValueError(
-            "MLflow 3 refuses file stores: use sqlite:///PATH/mlflow.db, http(s)://HOST:PORT or a database URI"
-        )
-    if base not in URI_SCHEMES:
-        raise ValueError(f"unknown scheme {short(scheme, 30)}; expected one of {', '.join(URI_SCHEMES)}")
-    if base == "sqlite" and not uri.startswith("sqlite:///"):
-        raise ValueError("expected sqlite:///PATH (three slashes, then the database file)")
-
-
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     """Read, override and validate a spec file. Raises :class:`SpecError` naming file and field.
 

@@ -92,6 +92,28 @@ def check_method_class(obj: object, what: str) -> type[Method]:
     return obj
 
 
+def config_reference(method: str) -> str:
+    """A Markdown table of a method's config keys: type, default and the documented reason."""
+    cls = get_method(method)
+    rows = [
+        f"### `{method}` ({cls.__name__})",
+        "",
+        "| key | type | default | meaning (source) |",
+        "|---|---|---|---|",
+    ]
+    for name, f in cls.Config.model_fields.items():
+        kind = (
+            str(f.annotation)
+            .replace("typing.", "")
+            .replace("<class '", "")
+            .replace("'>", "")
+            .replace("|", "\\|")
+        )
+        desc = " ".join((f.description or "").split()).replace("|", "\\|")
+        rows.append(f"| `{name}` | {kind} | `{f.default!r}` | {desc} |")
+    return "\n".join(rows) + "\n"
+
+
 __all__ = [
     "METHODS",
     "Evaluation",
@@ -101,6 +123,7 @@ __all__ = [
     "PluginError",
     "UnknownMethodError",
     "check_method_class",
+    "config_reference",
     "get_method",
     "method_names",
 ]
