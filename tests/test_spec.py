@@ -39,7 +39,7 @@ def test_good_spec_counts_trials(tmp_path):
     spec = load_spec(spec_file(tmp_path))
     assert spec.num_trials() == 3 * 2 * 2
     assert spec.mode == "max" and spec.arms == ["ID", "IDFD"]
-    cfg, data = spec.sweep_plan().merge({"tau": 2.0, "seed": 1, "arm": "ID"})
+    cfg, data = spec.sweep_plan().configs_at({"tau": 2.0, "seed": 1, "arm": "ID"})
     assert cfg == {"backbone": "convnet", "alpha": 1.0, "variant": "id", "tau": 2.0, "seed": 1}
     assert data["name"] == "digits"
 

@@ -102,19 +102,19 @@ class SweepPlan:
     runtime: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
 
-    def merge(self, point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def configs_at(self, point: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(method config, data config) of the trial at ``point`` (see :func:`merge`)."""
         return merge(self.config, self.ablation.get(point.get("arm") or "", {}), self.data, point)
 
     def trial(self, point: dict[str, Any]) -> TrialPlan:
         """The plan of the trial at ``point`` (Ray's trial config: searched values and ``arm``)."""
-        cfg, data = self.merge(point)
+        cfg, data = self.configs_at(point)
         shared = {k: v for k, v in asdict(self).items() if k not in ("config", "ablation", "data")}
         return TrialPlan(config=cfg, data=data, **shared)
 
     def identity(self, point: dict[str, Any]) -> dict[str, Any]:
         """The table columns of the trial at ``point``: arm, every resolved config key, the data fields."""
-        cfg, data = self.merge(point)
+        cfg, data = self.configs_at(point)
         ident: dict[str, Any] = {"arm": point.get("arm") or ""}
         ident.update({f"config.{k}": v for k, v in validated_config(self.method, cfg).items()})
         ident["data.name"] = data["name"]

@@ -39,7 +39,7 @@ def _existing_ancestor(path: Path) -> Path:
     return p
 
 
-def check_storage(out: Path) -> None:
+def check_local_folder(out: Path) -> None:
     """``out`` (STORAGE/NAME) is, or can be created as, a writable folder on a real filesystem."""
     if str(out).startswith(PSEUDO_FILESYSTEMS):
         raise PreflightError(
@@ -170,7 +170,7 @@ def check_local(
     if "://" in root:
         check_remote_storage(root)
     else:
-        check_storage(out)
+        check_local_folder(out)
     if mlflow_uri is not None:
         check_mlflow(mlflow_uri)
         if mlflow_uri.lower().startswith(("http://", "https://")):
