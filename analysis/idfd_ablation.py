@@ -39,7 +39,7 @@ PAPER = Paper(
 
 def build(sweep_dirs: list[Path], out: Path) -> list[Path]:
     trials = load_trials(sweep_dirs)
-    trials["row"] = row_labels(trials, "arm")
+    trials["row"] = row_labels(trials, "arm", vary="config.alpha")  # IDFO is run with alpha 10 and 0.5
     arms = arm_order(sweep_dirs)
     written = write_table(PAPER.table("arm"), out / "table1_paper")
     written += write_wide_tables(trials, "row", "dataset", arms, DATASETS, out, "table1", {"row": "arm"})

@@ -216,8 +216,9 @@ def window_study(sweep_dir: Path, out: Path, param: str, stem: str, paper: Paper
     return [*written, png, png.with_suffix(".svg")]
 
 
-def row_labels(df: pd.DataFrame, row: str, vary: str = "config.alpha") -> pd.Series:
-    """``row`` value, with ``(alpha=...)`` appended where one arm was run with several values of ``vary``."""
+def row_labels(df: pd.DataFrame, row: str, vary: str) -> pd.Series:
+    """``row`` value, with ``(<key>=...)`` appended where one arm was run with several values of ``vary``
+    (a table column such as ``config.alpha``)."""
     if vary not in df:
         return df[row].astype(str)
     n = df.groupby(row)[vary].transform("nunique")

@@ -131,7 +131,7 @@ class CDC(Method):
 
     def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, xb = self.cfg, self.x[idx]
-        kernel = {"alpha": cfg.alpha, "norm": cfg.kernel_norm, "sharpen_z": cfg.corr_sharpen}
+        kernel = {"alpha": cfg.t_dof, "norm": cfg.kernel_norm, "sharpen_z": cfg.corr_sharpen}
         if self._pretraining():
             terms = self._pretrain_forward(xb, {"weights": cfg.weights(), "kernel": kernel})
             self.descend("pre", terms["loss"])
@@ -141,7 +141,7 @@ class CDC(Method):
         hp = {
             "weights": cfg.weights(finetuning=True),
             "kernel": kernel,
-            "alpha": cfg.alpha,
+            "alpha": cfg.t_dof,
             "sharpen_q": cfg.affinity_sharpen,
             "detach_q": cfg.affinity_detach_target,
         }
@@ -210,7 +210,7 @@ class CDC(Method):
     @torch.no_grad()
     def _update_target(self) -> None:
         """P from q over the whole dataset (Eq. 10), and the fraction of labels changed since the last update."""
-        q = soft_assign(self._embed(), self.centers, self.cfg.alpha)
+        q = soft_assign(self._embed(), self.centers, self.cfg.t_dof)
         self.p = target_distribution(q)
         labels = q.argmax(dim=1)
         self.delta_label = float((labels != self.labels_last).float().mean())
@@ -224,7 +224,7 @@ class CDC(Method):
         assignment = None
         if self.clusters_ready:
             assignment = (
-                soft_assign(z, self.centers, self.cfg.alpha).argmax(dim=1).cpu().numpy().astype(np.int64)
+                soft_assign(z, self.centers, self.cfg.t_dof).argmax(dim=1).cpu().numpy().astype(np.int64)
             )
         return Evaluation(embedding=z.cpu().numpy(), assignment=assignment)
 

@@ -155,8 +155,9 @@ class CDCConfig(MethodConfig):
     """Encoder sizes after the input, ending with the embedding d; the decoder mirrors them (Sec. 3.1, from DEC)."""
     init: Literal["dec_uniform", "glorot_uniform"] = "dec_uniform"
     """Dense init: DEC's U(+-1/sqrt(fan_in)) (public code: FMNIST, Reuters) or Glorot (public code: STL-10, CIFAR-10)."""
-    alpha: float = Field(1.0, gt=0)
-    """Student-t degrees of freedom of every kernel (Eq. 5, 8: "set to 1 for all experiments")."""
+    t_dof: float = Field(1.0, gt=0)
+    """Student-t degrees of freedom of every kernel, the paper's alpha (Eq. 5, 8: "set to 1 for all experiments";
+    named apart from IDFD's and ICS's alpha, which are loss weights)."""
     kernel_norm: Literal["row", "global"] = "row"
     """Pairwise kernel normalisation: per row, diagonal included (public code; methods.md) or over all pairs (Eq. 5)."""
     corr_sharpen: bool = True
