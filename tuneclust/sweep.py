@@ -6,6 +6,7 @@ events reach MLflow and the Parquet tables through :class:`TrackingCallback` in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -24,7 +25,7 @@ from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepar
 from tuneclust.plan import SweepPlan
 from tuneclust.space import build_searcher, domain, param_space
 from tuneclust.spec import Asha, Hyperband, Median, Pbt, Spec
-from tuneclust.storage import Location, StorageError, locate
+from tuneclust.storage import Location, StorageError, locate, retry_budget, retry_limit, transient
 from tuneclust.trainable import available_checkpoint, ray_trainable, superseded_line
 
 RAY_KEYS = {
@@ -457,9 +458,39 @@ def run_sweep(
         )
     try:
         return tuner.fit()  # the callback writes the whole tables at the end of the experiment
-    except BaseException:
-        _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
+    except BaseException as e:
+        with retry_limit(
+            CONSOLIDATE_RETRY_S
+        ):  # storage may be what failed: do not wait its whole retry budget
+            with contextlib.suppress(OSError):
+                _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
+        if (cause := storage_cause(e)) is not None:
+            raise SweepError(unreachable_line(out, cause)) from e
         raise
+
+
+CONSOLIDATE_RETRY_S = 10.0
+"""How long the whole tables are retried on the way out of a failed sweep (the part files already hold them)."""
+
+
+def storage_cause(e: BaseException) -> OSError | None:
+    """The transient storage error (:func:`tuneclust.storage.transient`) that ended a sweep, if one did: Ray wraps
+    a callback's error in its own (``TuneError``), so the chain of causes is searched."""
+    seen = 0
+    while e is not None and seen < 20:
+        if transient(e):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def unreachable_line(out: Location, e: OSError) -> str:
+    """One line: storage was unreachable for longer than the retries allow; what is kept and what to run."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return (
+        f"storage unreachable for over {retry_budget():.0f} s ({first}); the sweep stopped, what it recorded is in "
+        f"{out} — when storage is back, rerun the same command with --resume"
+    )
 
 
 def _resume_output(tuner: Any, spec: Spec, verbose: int) -> None:

@@ -30,6 +30,7 @@ from tuneclust import criteria, metrics, partitions
 from tuneclust.data.registry import DataConfig, Dataset, dataset_key, load_dataset
 from tuneclust.methods import get_method
 from tuneclust.plan import SweepPlan, TrialPlan
+from tuneclust.storage import retrying
 
 STATE_FILE = "trial_state.pt"
 SUPERSEDED_FILE = "superseded.txt"
@@ -354,16 +355,30 @@ def ray_trainable(
     loop = TrialLoop(trial, device, dataset=dataset, label=f"trial {trial_id}")
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        source = available_checkpoint(checkpoint.filesystem, checkpoint.path)
-        if source != checkpoint.path:
-            print(superseded_line(checkpoint.path, source), file=sys.stderr)
-            checkpoint = tune.Checkpoint(source, filesystem=checkpoint.filesystem)
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        state = retrying(lambda: _restore_state(checkpoint), f"trial {trial_id}: restoring its checkpoint")
         loop.load(state)
     for result in loop.run():
         if results:
             result.update(share_partition(loop, results, trial_id, dict(config), int(result["epoch"])))
         with tempfile.TemporaryDirectory() as d:
             torch.save(loop.state(), Path(d) / STATE_FILE)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+            # RAY-INTERNAL: a checkpoint upload that fails raises from ray.train._internal.session._TrainSession
+            # .report (persist_current_checkpoint, session.py:448) before the result is queued (session.py:473),
+            # so trying tune.report again reports the result once. Each try takes the next checkpoint index: a
+            # failed one may leave a checkpoint_<n> folder without a trial state, which nothing restores.
+            retrying(
+                lambda r=result, d=d: tune.report(dict(r), checkpoint=tune.Checkpoint.from_directory(d)),
+                f"trial {trial_id}: checkpoint of epoch {result['epoch']}",
+            )
+
+
+def _restore_state(checkpoint: Any) -> dict[str, Any]:
+    """The trial state in the checkpoint Ray handed the trial (or in the one that superseded it)."""
+    from ray import tune
+
+    source = available_checkpoint(checkpoint.filesystem, checkpoint.path)
+    if source != checkpoint.path:
+        print(superseded_line(checkpoint.path, source), file=sys.stderr)
+        checkpoint = tune.Checkpoint(source, filesystem=checkpoint.filesystem)
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
