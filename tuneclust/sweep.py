@@ -286,6 +286,10 @@ class TrackingCallback(tune.Callback):
                     {"trials": total, "trials_errored": counts["errored"]},
                     "FINISHED" if counts["terminated"] else "FAILED",
                 )
+            if (
+                warning := mlf.close()
+            ) is not None:  # buffered calls of an MLflow outage: replayed, or reported
+                print(warning, file=sys.stderr, flush=True)
 
 
 def trial_total(spec: Spec, known: int) -> int:
