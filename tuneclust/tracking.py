@@ -274,15 +274,17 @@ class MlflowTracker:
             "status": "RUNNING",
             **tags,
         }
+        str_tags = {k: str(v) for k, v in all_tags.items()}
 
         def create() -> None:
             if trial_id not in self.children:  # a restarted trial, or a replay: one run per trial
-                run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+                # str values: a REST store refuses others (a sqlite store converts them)
+                run = self.client.create_run(self.experiment_id, run_name=run_name, tags=str_tags)
                 self.children[trial_id] = run.info.run_id
 
         def describe() -> None:
             run_id = self.children[trial_id]
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in str_tags.items()])
             self._log_params(run_id, params)
 
         self.outbox.call(create)
