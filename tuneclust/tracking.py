@@ -116,8 +116,10 @@ PROBE_S = 5.0
 """While the server is away, at most one call tries it every this many seconds; the others are buffered."""
 MAX_BUFFERED = 10000
 """Buffered calls at most; metric points beyond it are dropped, counted and reported (a tag on their run)."""
+FINAL_WAIT_ENV = "TUNECLUST_MLFLOW_WAIT_S"
 FINAL_WAIT_S = 60.0
-"""How long the end of a sweep waits for an away server to take the buffered calls."""
+"""How long the end of a sweep waits for an away server to take the buffered calls (``$TUNECLUST_MLFLOW_WAIT_S``
+overrides it)."""
 POINTS_LOST_TAG = "tuneclust.mlflow_points_lost"
 
 
@@ -187,12 +189,20 @@ class Outbox:
                   file=sys.stderr, flush=True)  # fmt: skip
         return True
 
-    def drain(self, wait_s: float = FINAL_WAIT_S) -> int:
+    def drain(self, wait_s: float) -> int:
         """Replay what is buffered, trying for up to ``wait_s``; returns the calls still not made."""
         deadline = time.monotonic() + wait_s
         while self.queue and not self.replay() and time.monotonic() < deadline:
             time.sleep(min(self.probe_s, max(0.0, deadline - time.monotonic())))
         return len(self.queue)
+
+
+def final_wait() -> float:
+    """:data:`FINAL_WAIT_S`, or ``$TUNECLUST_MLFLOW_WAIT_S`` when set."""
+    try:
+        return max(0.0, float(os.environ.get(FINAL_WAIT_ENV, FINAL_WAIT_S)))
+    except ValueError:
+        return FINAL_WAIT_S
 
 
 def limit_http_retries(uri: str) -> None:
@@ -435,10 +445,10 @@ class MlflowTracker:
         if metrics:
             self.client.log_batch(self.parent, metrics=metrics)
 
-    def close(self, wait_s: float = FINAL_WAIT_S) -> str | None:
-        """Replay what is still buffered (waiting up to ``wait_s`` for the server); None when everything was
-        logged, else one warning line naming what was not."""
-        left = self.outbox.drain(wait_s)
+    def close(self, wait_s: float | None = None) -> str | None:
+        """Replay what is still buffered (waiting up to ``wait_s``, default :func:`final_wait`, for the server);
+        None when everything was logged, else one warning line naming what was not."""
+        left = self.outbox.drain(final_wait() if wait_s is None else wait_s)
         lost = sum(self.outbox.lost.values()) + sum(p for _, p in self.outbox.queue)
         shutil.rmtree(self._spool, ignore_errors=True)
         if not left and not lost:
