@@ -286,9 +286,8 @@ class TrackingCallback(tune.Callback):
                     {"trials": total, "trials_errored": counts["errored"]},
                     "FINISHED" if counts["terminated"] else "FAILED",
                 )
-            if (
-                warning := mlf.close()
-            ) is not None:  # buffered calls of an MLflow outage: replayed, or reported
+            # the calls buffered during an MLflow outage: replayed now, or what was lost is reported
+            if (warning := mlf.close()) is not None:
                 print(warning, file=sys.stderr, flush=True)
 
 
@@ -463,11 +462,9 @@ def run_sweep(
     try:
         return tuner.fit()  # the callback writes the whole tables at the end of the experiment
     except BaseException as e:
-        with retry_limit(
-            CONSOLIDATE_RETRY_S
-        ):  # storage may be what failed: do not wait its whole retry budget
-            with contextlib.suppress(OSError):
-                _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
+        # storage may be what failed: do not wait its whole retry budget
+        with retry_limit(CONSOLIDATE_RETRY_S), contextlib.suppress(OSError):
+            _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
         if (cause := storage_cause(e)) is not None:
             raise SweepError(unreachable_line(out, cause)) from e
         raise
@@ -490,10 +487,11 @@ def storage_cause(e: BaseException) -> OSError | None:
 
 def unreachable_line(out: Location, e: OSError) -> str:
     """One line: storage was unreachable for longer than the retries allow; what is kept and what to run."""
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    first = first if len(first) <= 80 else first[:77] + "..."
     return (
-        f"storage unreachable for over {retry_budget():.0f} s ({first}); the sweep stopped, what it recorded is in "
-        f"{out} — when storage is back, rerun the same command with --resume"
+        f"storage unreachable for over {retry_budget():.0f} s ({first}); the sweep stopped, its results so far are "
+        f"in {out.uri.partition('?')[0]} — when storage is back, rerun the same command with --resume"
     )
 
 
