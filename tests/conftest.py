@@ -72,3 +72,128 @@ def benchmark_script(name: str, module: str | None = None) -> Iterator[ModuleTyp
     finally:
         sys.modules.pop(module, None)
         sys.path.remove(str(path.parent))
+
+
+class TcpProxy:
+    """A loopback TCP proxy (127.0.0.1:``port`` -> 127.0.0.1:``target``) that can be cut and restored: an outage of
+    the service behind it (S3) without losing the service's data. :meth:`stop` closes the listener and drops every
+    live connection (clients see refused/reset connections); :meth:`start` listens again on the same port."""
+
+    def __init__(self, target: int, port: int = 0) -> None:
+        import socket
+
+        self.target = target
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            self.port = s.getsockname()[1]
+        self._listener = None
+        self._conns: list = []
+
+    def start(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # stop() closed the listener
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        import socket
+
+        if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes the thread blocked in accept(); close() alone may not
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        conns, self._conns = self._conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real ``mlflow server`` subprocess on 127.0.0.1 with a sqlite store in ``folder``; :meth:`stop` kills it
+    (SIGKILL: an outage, not a shutdown), :meth:`start` brings it back on the same port and database."""
+
+    def __init__(self, folder: Path, port: int = 0) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 90) -> None:
+        import subprocess
+        import time
+        import urllib.request
+
+        cmd = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+            "--artifacts-destination", str(self.folder / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 (the child's output, closed with the child)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not start: {(self.folder / 'server.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(
+                self.proc.pid, signal.SIGKILL
+            )  # its own session: the server and its workers, nothing else
+            self.proc.wait(timeout=30)
+        self.proc = None

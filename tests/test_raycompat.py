@@ -162,6 +162,13 @@ def test_resume_output_swaps_the_restored_callbacks():
     assert not raycompat.replace_output(object(), [new], Old, 0)
 
 
+def test_a_failed_checkpoint_upload_raises_before_the_result_is_queued():
+    from ray.train._internal.session import _TrainSession
+
+    source = inspect.getsource(_TrainSession.report)
+    assert source.index("persist_current_checkpoint(") < source.index("_report_training_result(")
+
+
 def test_checkpoint_folders_are_numbered_in_save_order():
     from ray.train._internal.storage import StorageContext
 

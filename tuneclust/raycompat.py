@@ -33,6 +33,8 @@ RELIANCES = {
     "autoscaler_config": "the resource check on autoscaling clusters (~/ray_bootstrap_config.yaml)",
     "orphans": "cleaning up after a killed driver (Ray's local processes inherit the driver's environment)",
     "arm_pbt": "PBT within each ablation arm (PopulationBasedTraining._quantiles, _trial_state)",
+    "report_retry": "checkpoint uploads retried through a storage outage (a failed upload raises before the result "
+    "is queued)",
 }
 
 
@@ -101,6 +103,18 @@ class ArmPBT(PopulationBasedTraining):
             return super()._quantiles()
         finally:
             self._trial_state = everyone
+
+
+def report_checkpoint(result: dict[str, Any], directory: str) -> None:
+    """``tune.report`` of a result with the checkpoint in ``directory``; safe to call again when it raised.
+
+    A checkpoint upload that fails raises from Ray's ``_TrainSession.report`` (``persist_current_checkpoint``)
+    before the result is queued (``_report_training_result``), so trying again reports the result once. Each try
+    takes the next checkpoint index: a failed one may leave a ``checkpoint_<n>`` folder without a trial state,
+    which nothing restores."""
+    from ray import tune
+
+    tune.report(dict(result), checkpoint=tune.Checkpoint.from_directory(directory))
 
 
 def replace_output(tuner: Any, callbacks: list[Any], drop: type, verbose: int) -> bool:

@@ -9,11 +9,17 @@ folder named ``s3:``. :func:`check_storage` validates a value without touching t
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import posixpath
+import sys
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -34,6 +40,75 @@ SCHEMES = {
 
 class StorageError(ValueError):
     """``storage`` cannot be used (unknown scheme, missing filesystem library, unreachable); one line."""
+
+
+RETRY_ENV = "TUNECLUST_STORAGE_RETRY_S"
+RETRY_S = 300.0
+"""How long (seconds, in total) one storage read or write of tuneclust's is retried before its error is raised
+(``$TUNECLUST_STORAGE_RETRY_S`` overrides it): an S3 endpoint or NFS server away for a few minutes is ridden out."""
+BACKOFF_S = (0.5, 10.0)
+"""The first wait between tries and the longest one (each wait doubles)."""
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+T = TypeVar("T")
+_LIMITS: list[float] = []
+
+
+@contextlib.contextmanager
+def retry_limit(seconds: float) -> Iterator[None]:
+    """Within this block, storage errors are retried for at most ``seconds`` (e.g. a best-effort write on the way
+    out of a failed sweep)."""
+    _LIMITS.append(seconds)
+    try:
+        yield
+    finally:
+        _LIMITS.pop()
+
+
+def retry_budget() -> float:
+    """:data:`RETRY_S`, or ``$TUNECLUST_STORAGE_RETRY_S`` when set (0 disables retries); at most the innermost
+    :func:`retry_limit`."""
+    if _LIMITS:
+        return min(_LIMITS[-1], _env_budget())
+    return _env_budget()
+
+
+def _env_budget() -> float:
+    try:
+        return max(0.0, float(os.environ.get(RETRY_ENV, RETRY_S)))
+    except ValueError:
+        return RETRY_S
+
+
+def transient(e: BaseException) -> bool:
+    """An error worth retrying: an ``OSError`` that is not about the path itself (pyarrow raises plain
+    ``OSError`` for an unreachable endpoint, a reset connection or a timeout)."""
+    return isinstance(e, OSError) and not isinstance(e, _PERMANENT) and e.errno != errno.ENAMETOOLONG
+
+
+def retrying(fn: Callable[[], T], what: str, budget_s: float | None = None) -> T:
+    """``fn()``, tried again after a transient error (:func:`transient`) with exponential backoff
+    (:data:`BACKOFF_S`) until ``budget_s`` (default :func:`retry_budget`) have passed; then the last error is
+    raised. One warning line on stderr when it first fails, one when it succeeds again."""
+    budget = retry_budget() if budget_s is None else budget_s
+    start, wait, failed = time.monotonic(), BACKOFF_S[0], 0
+    while True:
+        try:
+            result = fn()
+        except Exception as e:
+            elapsed = time.monotonic() - start
+            if not transient(e) or elapsed + wait > budget:
+                raise
+            if not failed:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                print(f"warning: storage unreachable ({what}): {first}; retrying for up to {budget:.0f} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            failed += 1
+            time.sleep(wait)
+            wait = min(2 * wait, BACKOFF_S[1])
+            continue
+        if failed:
+            print(f"storage reachable again ({what}) after {time.monotonic() - start:.0f} s", file=sys.stderr)
+        return result
 
 
 def is_uri(storage: str | Path) -> bool:
@@ -105,8 +180,10 @@ class Location:
         return any(not _named(i.base_name, ignore) for i in infos)
 
     def files(self, suffix: str = "") -> list[Location]:
-        """The files directly in this folder whose name ends with ``suffix`` (sorted; none if missing)."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        """The files directly in this folder whose name ends with ``suffix`` (sorted; none if missing); a transient
+        error is retried (:func:`retrying`)."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        infos = retrying(lambda: self.fs.get_file_info(selector), f"listing {self.uri}")
         names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
         return [self / n for n in names if n.endswith(suffix) and not n.startswith(".")]
 
@@ -129,14 +206,24 @@ class Location:
                 self.fs.delete_file(info.path)
 
     def read_bytes(self) -> bytes:
-        with self.fs.open_input_stream(self.path) as f:
-            return f.read()
+        """The file's bytes; a transient error is retried (:func:`retrying`)."""
+
+        def read() -> bytes:
+            with self.fs.open_input_stream(self.path) as f:
+                return f.read()
+
+        return retrying(read, f"reading {self.uri}")
 
     def read_text(self) -> str:
         return self.read_bytes().decode()
 
     def write_bytes(self, data: bytes) -> None:
-        """Write a whole file atomically: a temp file renamed on local disks; object stores' PUT is atomic."""
+        """Write a whole file atomically: a temp file renamed on local disks; object stores' PUT is atomic. A
+        transient error (an unreachable endpoint) is retried (:func:`retrying`), so an outage shorter than
+        :func:`retry_budget` only delays the write."""
+        retrying(lambda: self._write_bytes(data), f"writing {self.uri}")
+
+    def _write_bytes(self, data: bytes) -> None:
         self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
         target = self.path
         if self.local:

@@ -6,6 +6,7 @@ events reach MLflow and the Parquet tables through :class:`TrackingCallback` in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from tuneclust.schedulers import build_scheduler, pbt_keys
 from tuneclust.searchers import build_searcher
 from tuneclust.space import param_space
 from tuneclust.spec import Spec
-from tuneclust.storage import Location, StorageError, locate
+from tuneclust.storage import Location, StorageError, locate, retry_budget, retry_limit, transient
 from tuneclust.trainable import available_checkpoint, ray_trainable, superseded_line
 
 RAY_KEYS = {
@@ -193,6 +194,9 @@ class TrackingCallback(tune.Callback):
                     {"trials": total, "trials_errored": counts["errored"]},
                     "FINISHED" if counts["terminated"] else "FAILED",
                 )
+            # the calls buffered during an MLflow outage: replayed now, or what was lost is reported
+            if (warning := mlf.close()) is not None:
+                print(warning, file=sys.stderr, flush=True)
 
 
 def trial_total(spec: Spec, known: int) -> int:
@@ -368,8 +372,12 @@ def _run(
     tuner = _tuner(spec, root, out, trainable, spec_text, mlflow_uri, resume, verbose)
     try:
         return tuner.fit()  # the callback writes the whole tables at the end of the experiment
-    except BaseException:
-        _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
+    except BaseException as e:
+        # storage may be what failed: do not wait its whole retry budget
+        with retry_limit(CONSOLIDATE_RETRY_S), contextlib.suppress(OSError):
+            _consolidate(out)  # Ctrl-C or a driver error: the whole tables still hold everything reported
+        if (cause := storage_cause(e)) is not None:
+            raise SweepError(unreachable_line(out, cause)) from e
         raise
 
 
@@ -432,6 +440,31 @@ def _ship_plugins(spec: Spec, verbose: int) -> dict[str, Any] | None:
         shipped = env.get("working_dir") or ", ".join(env.get("py_modules", []))
         print(f"shipping {shipped} to the Ray workers (runtime_env) for {spec.method}", flush=True)
     return env
+
+
+CONSOLIDATE_RETRY_S = 10.0
+"""How long the whole tables are retried on the way out of a failed sweep (the part files already hold them)."""
+
+
+def storage_cause(e: BaseException) -> OSError | None:
+    """The transient storage error (:func:`tuneclust.storage.transient`) that ended a sweep, if one did: Ray wraps
+    a callback's error in its own (``TuneError``), so the chain of causes is searched."""
+    seen = 0
+    while e is not None and seen < 20:
+        if transient(e):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def unreachable_line(out: Location, e: OSError) -> str:
+    """One line: storage was unreachable for longer than the retries allow; what is kept and what to run."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    first = first if len(first) <= 80 else first[:77] + "..."
+    return (
+        f"storage unreachable for over {retry_budget():.0f} s ({first}); the sweep stopped, its results so far are "
+        f"in {out.uri.partition('?')[0]} — when storage is back, rerun the same command with --resume"
+    )
 
 
 def _resume_output(tuner: Any, spec: Spec, verbose: int) -> None:

@@ -29,6 +29,7 @@ from tuneclust import criteria, metrics, partitions
 from tuneclust.data.registry import DataConfig, Dataset, dataset_key, load_dataset
 from tuneclust.methods import get_method
 from tuneclust.plan import SweepPlan, TrialPlan, method_config
+from tuneclust.storage import retrying
 
 STATE_FILE = "trial_state.pt"
 SUPERSEDED_FILE = "superseded.txt"
@@ -344,6 +345,8 @@ def ray_trainable(
     import ray
     from ray import tune
 
+    from tuneclust import raycompat
+
     trial = plan.trial(config)
     device = select_device(trial.gpu, ray.get_gpu_ids() if trial.gpu > 0 else [])
     shared = (datasets or {}).get(dataset_key(trial.data))
@@ -352,16 +355,26 @@ def ray_trainable(
     loop = TrialLoop(trial, device, dataset=dataset, label=f"trial {trial_id}")
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        source = available_checkpoint(checkpoint.filesystem, checkpoint.path)
-        if source != checkpoint.path:
-            print(superseded_line(checkpoint.path, source), file=sys.stderr)
-            checkpoint = tune.Checkpoint(source, filesystem=checkpoint.filesystem)
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        state = retrying(lambda: _restore_state(checkpoint), f"trial {trial_id}: restoring its checkpoint")
         loop.load(state)
     for result in loop.run():
         if results:
             result.update(share_partition(loop, results, trial_id, dict(config), int(result["epoch"])))
         with tempfile.TemporaryDirectory() as d:
             torch.save(loop.state(), Path(d) / STATE_FILE)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+            retrying(
+                lambda r=result, d=d: raycompat.report_checkpoint(r, d),
+                f"trial {trial_id}: checkpoint of epoch {result['epoch']}",
+            )
+
+
+def _restore_state(checkpoint: Any) -> dict[str, Any]:
+    """The trial state in the checkpoint Ray handed the trial (or in the one that superseded it)."""
+    from ray import tune
+
+    source = available_checkpoint(checkpoint.filesystem, checkpoint.path)
+    if source != checkpoint.path:
+        print(superseded_line(checkpoint.path, source), file=sys.stderr)
+        checkpoint = tune.Checkpoint(source, filesystem=checkpoint.filesystem)
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
