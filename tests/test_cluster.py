@@ -25,7 +25,7 @@ import pytest
 from tuneclust.cli import main
 from tuneclust.data.registry import DataConfig, load_dataset
 from tuneclust.storage import StorageError, check_storage, locate
-from tuneclust.tracking import read_tables
+from tuneclust.tables import read_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "tuneclust-test"

@@ -166,7 +166,7 @@ def test_cluster_check_names_the_largest_node():
 
 def _rows(sweep: Path) -> int:
     """Finished trials of a running sweep (its per-trial rows; the whole tables are written at the end)."""
-    from tuneclust.tracking import read_tables
+    from tuneclust.tables import read_tables
 
     try:
         return len(read_tables(sweep)[0])

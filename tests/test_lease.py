@@ -370,7 +370,7 @@ def test_a_second_driver_is_refused_while_the_first_runs(tmp_path):
 def test_resume_takes_over_the_lease_of_a_killed_driver(tmp_path):
     import pandas as pd
 
-    from tuneclust.tracking import read_tables
+    from tuneclust.tables import read_tables
 
     spec, storage, out = _spec(tmp_path, "kill", epochs=12), tmp_path / "runs", tmp_path / "runs" / "kill"
     proc = subprocess.Popen(_driver(spec, storage), env=_env(), start_new_session=True,

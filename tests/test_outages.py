@@ -18,7 +18,7 @@ import pytest
 from conftest import MlflowServer, TcpProxy, free_port
 
 from tuneclust.storage import locate
-from tuneclust.tracking import read_tables
+from tuneclust.tables import read_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "tuneclust-outage"

@@ -292,7 +292,7 @@ def two_node_cluster():
 def test_example_method_from_an_uninstalled_folder_sweeps_on_worker_nodes(two_node_cluster, tmp_path):
     import mlflow
 
-    from tuneclust.tracking import read_tables
+    from tuneclust.tables import read_tables
 
     plug = tmp_path / "plug"  # the user's project: not installed, not on the workers' path
     shutil.copytree(EXAMPLE, plug / "examples" / "dec", ignore=shutil.ignore_patterns("__pycache__"))

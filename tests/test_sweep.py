@@ -18,7 +18,7 @@ from tuneclust import answer, partitions, results
 from tuneclust.cli import main
 from tuneclust.spec import load_spec
 from tuneclust.sweep import run_sweep
-from tuneclust.tracking import read_tables
+from tuneclust.tables import read_tables
 
 BASE = """
 name: {name}

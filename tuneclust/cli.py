@@ -235,7 +235,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except OSError as e:  # a results path the filesystem refuses (name too long, ...)
         return _fail(f"{args.spec}: storage: {e.strerror or type(e).__name__}")
-    from tuneclust.sweep import SweepError, run_sweep, sweep_dir, trial_total
+    from tuneclust.callback import trial_total
+    from tuneclust.sweep import SweepError, run_sweep, sweep_dir
 
     try:
         results = run_sweep(
@@ -270,7 +271,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _end_summary(spec: Any, out: Any, total: int) -> dict[str, int]:
     """The lines a sweep ends with: trial counts, the answer, where the results are; returns the counts."""
     from tuneclust.answer import answer_text, sweep_answer
-    from tuneclust.sweep import sweep_outcome
+    from tuneclust.callback import sweep_outcome
 
     counts = sweep_outcome(out, total)
     print(
@@ -383,7 +384,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from tuneclust import report
     from tuneclust.storage import StorageError
-    from tuneclust.tracking import has_tables
+    from tuneclust.tables import has_tables
 
     path = args.sweep_dir
     try:

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from tuneclust.metrics import metric_mode
 from tuneclust.spec import Budget, Spec, SpecError, validate_spec
 from tuneclust.storage import Location, locate
-from tuneclust.tracking import read_tables
+from tuneclust.tables import read_tables
 from tuneclust.yamlsafe import YamlError, decode, load
 
 CONFIG = "config."
@@ -25,7 +25,7 @@ SweepDirs = str | Path | Iterable[str | Path]
 
 
 def load_results(sweep_dir: str | Path | Location) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, epochs) of a sweep folder or URI (:func:`tuneclust.tracking.read_tables`: the whole tables, or
+    """(trials, epochs) of a sweep folder or URI (:func:`tuneclust.tables.read_tables`: the whole tables, or
     the per-trial parts a crashed driver left); ``epochs`` is empty if no evaluation was recorded."""
     return read_tables(sweep_dir)
 

@@ -1,7 +1,9 @@
 """A validated :class:`~tuneclust.spec.Spec` -> a ``ray.tune.Tuner`` -> results (or a restored Tuner).
 
-The search space and searchers live in :mod:`tuneclust.space`, the trial plan in :mod:`tuneclust.plan`. Trial
-events reach MLflow and the Parquet tables through :class:`TrackingCallback` in this (driver) process.
+The search space is :mod:`tuneclust.space`, Ray's searchers and schedulers :mod:`tuneclust.searchers` and
+:mod:`tuneclust.schedulers`, the trial plan :mod:`tuneclust.plan`. Trial events reach MLflow and the Parquet tables
+through :class:`tuneclust.callback.TrackingCallback` in this (driver) process; the sweep holds its lease
+(:mod:`tuneclust.lease`) while it runs.
 """
 
 from __future__ import annotations
@@ -9,15 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ray import tune
 
-from tuneclust import answer, lease, preflight, progress, raycompat, render, report, runtime, tracking
+from tuneclust import lease, preflight, progress, raycompat, runtime, tables, tracking
+from tuneclust.callback import TrackingCallback  # also where the saved state of earlier sweeps finds it
 from tuneclust.data.registry import DataError, dataset_key, load_dataset, prepare_data
 from tuneclust.schedulers import build_scheduler, pbt_keys
 from tuneclust.searchers import build_searcher
@@ -26,226 +27,9 @@ from tuneclust.spec import Spec
 from tuneclust.storage import Location, StorageError, locate, retry_budget, retry_limit, transient
 from tuneclust.trainable import available_checkpoint, ray_trainable, superseded_line
 
-RAY_KEYS = {
-    "time_this_iter_s", "timestamp", "pid", "hostname", "node_ip", "config", "trial_id", "date", "done",
-    "training_iteration", "iterations_since_restore", "time_since_restore", "checkpoint_dir_name",
-    "should_checkpoint", "experiment_tag",
-}  # fmt: skip
-
 
 class SweepError(RuntimeError):
     """The sweep cannot start (bad storage state, missing resources); the CLI prints it and exits 2."""
-
-
-class TrackingCallback(tune.Callback):
-    """Forwards trial events to MLflow and the Parquet tables. Picklable: Ray stores it in its saved state and
-    brings it back on ``--resume``; the live MLflow client and tables are recreated in :meth:`setup`."""
-
-    def __init__(self, spec: Spec, sweep_dir: Location, spec_text: str, mlflow_uri: str | None) -> None:
-        self.spec = spec
-        self.plan = spec.sweep_plan()
-        self.mutated = pbt_keys(spec)
-        self.sweep_dir = sweep_dir
-        self.spec_text = spec_text
-        self.mlflow_uri = mlflow_uri
-        self._live: dict[str, Any] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_live"] = {}
-        return state
-
-    def setup(self, **info: Any) -> None:
-        resume = tracking.has_tables(self.sweep_dir) or (self.sweep_dir / tracking.MLFLOW_STATE).exists()
-        self._live = {
-            "tables": tracking.ResultTables(self.sweep_dir, resume),
-            "idents": {},
-            "initial": {},
-            "runtime": {},
-            "last": {},
-            "started": {},
-        }
-        if self.mlflow_uri:
-            spec = self.spec
-            tags = {
-                "tuneclust.sweep": spec.name,
-                "tuneclust.kind": "sweep",
-                "method": spec.method,
-                "dataset": spec.data.name,
-                "searcher": spec.searcher.type,
-                "scheduler": spec.scheduler.type,
-            }
-            experiment = spec.tracking.mlflow.experiment or spec.name
-            self._live["mlflow"] = tracking.MlflowTracker(
-                self.mlflow_uri,
-                experiment,
-                self.sweep_dir,
-                self.spec_text,
-                tags,
-                resume,
-                params=sweep_params(spec),
-                note=sweep_note(spec),
-            )
-
-    @property
-    def tables(self) -> tracking.ResultTables:
-        return self._live["tables"]
-
-    def _ident(self, trial: Any, config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The trial's table columns for ``config`` (default: its current config; PBT changes it)."""
-        config = dict(trial.config if config is None else config)
-        key = (trial.trial_id, repr(sorted(config.items(), key=lambda kv: kv[0])))
-        idents = self._live["idents"]
-        if key not in idents:
-            idents[key] = self.plan.identity(config)
-        self._live["initial"].setdefault(trial.trial_id, idents[key])
-        return idents[key]
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._live["started"][trial.trial_id] = time.time()
-        ident = self._ident(trial)
-        mlf = self._live.get("mlflow")
-        if mlf is not None:
-            seed = ident.get("config.seed", "")
-            name = progress.trial_label(dict(trial.config)) or trial.trial_id
-            tags = {
-                "method": self.spec.method,
-                "dataset": ident["data.name"],
-                "arm": ident["arm"],
-                "seed": seed,
-            }
-            mlf.start_trial(trial.trial_id, name[:250], ident, tags)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        values = {
-            k: v
-            for k, v in result.items()
-            if k not in RAY_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        self._live["last"][trial.trial_id] = values
-        runtime = {k: v for k, v in result.items() if k.startswith("runtime.") and isinstance(v, str)}
-        if runtime and trial.trial_id not in self._live["runtime"]:  # what the trial actually ran with
-            self._live["runtime"][trial.trial_id] = runtime
-            if (mlf := self._live.get("mlflow")) is not None:
-                mlf.set_trial_tags(trial.trial_id, runtime)
-        ident = self._ident(trial, result.get("config"))  # the config in force at this evaluation (PBT)
-        self.tables.add_eval(trial.trial_id, ident, values)
-        mlf = self._live.get("mlflow")
-        if mlf is not None:
-            mutated = {f"config.{k}": ident[f"config.{k}"] for k in self.mutated if f"config.{k}" in ident}
-            mlf.log_metrics(
-                trial.trial_id,
-                {**values, **mutated},  # PBT: the mutated values as a history (MLflow params are immutable)
-                step=int(values.get("epoch", result.get("training_iteration", 0))),
-            )
-
-    def _finish(self, trial: Any, status: str, error: str | None) -> None:
-        ident = dict(self._ident(trial))  # the final config
-        initial = self._live["initial"].get(trial.trial_id, ident)
-        ident.update({f"initial.{k}": v for k, v in initial.items() if ident.get(k) != v})
-        ident.update(self._live["runtime"].get(trial.trial_id, {}))
-        last = self._live["last"].get(trial.trial_id)
-        wall = float(last.get("time_total_s", 0.0)) if last else None
-        started = self._live["started"].get(trial.trial_id)
-        if status == "ERROR" and started is not None:  # it ran past its last report before it failed
-            wall = max(wall or 0.0, time.time() - started)
-        self.tables.finish(trial.trial_id, ident, status, error, wall)
-        mlf = self._live.get("mlflow")
-        if mlf is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                rows = self.tables.epochs.get(trial.trial_id, [])
-                figures = render.trial_figures(rows, self.spec.objective.metric, Path(tmp), trial.trial_id)
-                mlf.trial_summary(trial.trial_id, figures)
-            mlf.end_trial(trial.trial_id, status, error)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "TERMINATED", None)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "ERROR", raycompat.trial_error_line(trial))
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Record the ending honestly: Ray marks trials it stopped at Ctrl-C TERMINATED, but only trials that
-        reached on_trial_complete/on_trial_error have a row; the others end KILLED in MLflow, as does the
-        parent, and ``--resume`` continues them."""
-        self.tables.flush()
-        total = trial_total(self.spec, len(trials))
-        counts = outcome(self.tables.trials, total)
-        mlf = self._live.get("mlflow")
-        if mlf is not None:
-            ans = None
-            if tracking.has_tables(self.sweep_dir):
-                # beside the tables when they are local; on object storage only as MLflow artifacts (a temp folder)
-                with tempfile.TemporaryDirectory() as tmp:
-                    out = None if locate(self.sweep_dir).local else Path(tmp)
-                    ans = answer.sweep_answer(self.sweep_dir)  # computed once: the cross-trial criteria cost
-                    files = report.write_report(self.sweep_dir, out=out, ans=ans)
-                    ranking = render.markdown_table(answer.ranking(self.sweep_dir).head(20))
-                    mlf.sweep_summary(ranking, files, report.answer_markdown(ans) if ans else "")
-            unfinished = [t.trial_id for t in trials if t.trial_id not in self.tables.trials]
-            for trial_id in unfinished:
-                mlf.end_trial(trial_id, "UNFINISHED")
-            if counts["unfinished"]:
-                mlf.end({}, "KILLED")
-            else:  # the answer's numbers as metrics once, when every trial has ended (a resumed sweep too)
-                if ans is not None:
-                    mlf.log_metrics_parent(answer.answer_metrics(ans))
-                mlf.end(
-                    {"trials": total, "trials_errored": counts["errored"]},
-                    "FINISHED" if counts["terminated"] else "FAILED",
-                )
-            # the calls buffered during an MLflow outage: replayed now, or what was lost is reported
-            if (warning := mlf.close()) is not None:
-                print(warning, file=sys.stderr, flush=True)
-
-
-def trial_total(spec: Spec, known: int) -> int:
-    """The sweep's number of trials: the spec's, or more if Ray knows more (``known``). Ray creates trials
-    lazily, so after a Ctrl-C it may know fewer than the sweep has."""
-    return max(known, spec.num_trials())
-
-
-def outcome(rows: dict[str, dict[str, Any]], total: int) -> dict[str, int]:
-    """Trials TERMINATED, ERROR and unfinished (stopped by Ctrl-C or never started) out of ``total``
-    (:func:`trial_total`)."""
-    statuses = [r.get("status") for r in rows.values()]
-    done = {"terminated": statuses.count("TERMINATED"), "errored": statuses.count("ERROR")}
-    return {**done, "unfinished": max(0, total - done["terminated"] - done["errored"])}
-
-
-def sweep_outcome(out: Location, total: int) -> dict[str, int]:
-    """:func:`outcome` from a sweep's ``trials.parquet`` (what the CLI reports after ``run_sweep``)."""
-    rows = tracking.ResultTables(out, resume=True).trials if tracking.has_tables(out) else {}
-    return outcome(rows, total)
-
-
-def sweep_params(spec: Spec) -> dict[str, Any]:
-    """The parent run's params: the study's fixed config (``config.<k>``), its search space (``search.<k>``),
-    arms, data, budget, searcher, scheduler and objective."""
-    params: dict[str, Any] = {f"config.{k}": v for k, v in spec.config.items()}
-    for k, d in spec.search.items():
-        params[f"search.{k}"] = f"{d.kind} {list(d.value) if isinstance(d.value, list | tuple) else d.value}"
-    if spec.ablation:
-        params["arms"] = ", ".join(spec.arms)
-    params.update({f"data.{k}": v for k, v in spec.data.model_dump().items() if v is not None})
-    params.update(
-        {
-            "budget.epochs": spec.budget.epochs,
-            "budget.eval_every": spec.budget.eval_every,
-            "searcher": spec.searcher.type,
-            "scheduler": spec.scheduler.type,
-            "objective": f"{spec.mode} {spec.objective.metric}",
-            "trials": spec.num_trials(),
-        }
-    )
-    return params
-
-
-def sweep_note(spec: Spec) -> str:
-    """The parent run's description (Markdown): the study, what it reproduces, and how it searches."""
-    head = f"**{spec.name}**: {spec.method} on {spec.data.name}, {spec.num_trials()} trials"
-    head += f" ({spec.searcher.type} search, {spec.scheduler.type} scheduler, {spec.mode} {spec.objective.metric})"
-    return f"{head}\n\n{spec.description.strip()}" if spec.description else head
 
 
 def _trial_name(trial: Any) -> str:
@@ -331,21 +115,8 @@ def _run(
     verbose: int,
 ) -> Any:
     """:func:`run_sweep` once its checks passed and its lease is held: start Ray, write the spec, fit."""
-    import ray
-
     _prepare_data(spec)
-    progress.silence_ray(verbose)
-    if not ray.is_initialized():
-        if address is None:  # this driver starts Ray: first stop what a killed driver's Ray left behind
-            raycompat.warn(raycompat.clean_orphans())
-            raycompat.mark_driver()
-        ray.init(
-            address=address,
-            runtime_env=_ship_plugins(spec, verbose),
-            include_dashboard=False,
-            log_to_driver=verbose >= progress.RAY_REPORTER,
-            logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
-        )
+    _start_ray(spec, address, verbose)
     if spec.resources.gpu > 0:
         try:
             print(runtime.mps_line(spec.runtime.mps, spec.resources.gpu), flush=True)
@@ -379,6 +150,25 @@ def _run(
         if (cause := storage_cause(e)) is not None:
             raise SweepError(unreachable_line(out, cause)) from e
         raise
+
+
+def _start_ray(spec: Spec, address: str | None, verbose: int) -> None:
+    """Connect to ``address`` or start a local Ray (once per process), shipping the spec's plugin code."""
+    import ray
+
+    progress.silence_ray(verbose)
+    if ray.is_initialized():
+        return
+    if address is None:  # this driver starts Ray: first stop what a killed driver's Ray left behind
+        raycompat.warn(raycompat.clean_orphans())
+        raycompat.mark_driver()
+    ray.init(
+        address=address,
+        runtime_env=_ship_plugins(spec, verbose),
+        include_dashboard=False,
+        log_to_driver=verbose >= progress.RAY_REPORTER,
+        logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
+    )
 
 
 def _tuner(
@@ -501,8 +291,8 @@ def _mark_deleted_checkpoints(tuner: Any) -> None:
 
 def _consolidate(out: Location) -> None:
     """Write the whole tables from the part files (end of a sweep, also after an error or Ctrl-C)."""
-    if tracking.has_tables(out):
-        tracking.ResultTables(out, resume=True).consolidate()
+    if tables.has_tables(out):
+        tables.ResultTables(out, resume=True).consolidate()
 
 
 def stored_spec(spec: Spec, storage: str | None) -> dict[str, Any]:
