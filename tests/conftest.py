@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -154,6 +155,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def moto_s3(bucket: str) -> Iterator[int]:
+    """A moto S3 server on 127.0.0.1 holding ``bucket``; yields its port. Test credentials are set in the
+    environment meanwhile (inherited by Ray nodes and subprocesses started inside), restored after."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1").create_bucket(
+            Bucket=bucket
+        )
+        yield port
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class MlflowServer:
     """A real ``mlflow server`` subprocess on 127.0.0.1 with a sqlite store in ``folder``; :meth:`stop` kills it
     (SIGKILL: an outage, not a shutdown), :meth:`start` brings it back on the same port and database."""
@@ -197,3 +227,39 @@ class MlflowServer:
             )  # its own session: the server and its workers, nothing else
             self.proc.wait(timeout=30)
         self.proc = None
+
+
+@contextlib.contextmanager
+def ray_cluster(prefix: str, workers: int = 2) -> Iterator[Any]:
+    """``ray.cluster_utils.Cluster``: a head with 0 CPUs (the driver only) and ``workers`` nodes of 1 CPU, in a
+    private temp dir on private ports, so neither it nor its address file is seen by the session's local Ray."""
+    import shutil
+    import tempfile
+
+    from ray.cluster_utils import Cluster
+
+    tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Ray's socket paths live under it
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp
+    c = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 0, "gcs_server_port": free_port(), "include_dashboard": False},
+    )
+    try:
+        for _ in range(workers):
+            c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep_command(spec: Path | str, *options: str) -> list[str]:
+    """``python -m tuneclust sweep SPEC --quiet OPTIONS...`` as a subprocess argv (this interpreter)."""
+    return [sys.executable, "-m", "tuneclust", "sweep", str(spec), "--quiet", *options]

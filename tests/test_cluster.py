@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
+from conftest import moto_s3, ray_cluster, sweep_command
 
 from tuneclust.cli import main
 from tuneclust.data.registry import DataConfig, load_dataset
@@ -42,62 +39,19 @@ tracking: {{mlflow: {{uri: "{uri}"}}}}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 with one bucket; credentials through the environment (inherited by the
     Ray nodes started afterwards, so trials on worker nodes reach it too). Yields the storage URI."""
-    from moto.server import ThreadedMotoServer
-
-    saved = {
-        k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    }
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    uri = f"s3://{BUCKET}/studies?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1").create_bucket(
-        Bucket=BUCKET
-    )
-    yield uri
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with moto_s3(BUCKET) as port:
+        yield f"s3://{BUCKET}/studies?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
 
 
 @pytest.fixture(scope="module")
 def cluster(s3):
-    """Head (0 CPUs: the driver only) + 2 worker nodes of 1 CPU, in a private temp dir on private ports, so
-    neither this cluster nor its address file is seen by the session-wide local Ray of other tests."""
-    from ray.cluster_utils import Cluster
-
-    tmp = tempfile.mkdtemp(prefix="tc", dir="/tmp")  # short: Ray's socket paths live under it
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tmp
-    c = Cluster(
-        initialize_head=True,
-        connect=False,
-        head_node_args={"num_cpus": 0, "gcs_server_port": _free_port(), "include_dashboard": False},
-    )
-    workers = [c.add_node(num_cpus=1) for _ in range(2)]
-    c.wait_for_nodes()
-    yield c, workers
-    c.shutdown()
-    if saved is None:
-        os.environ.pop("RAY_TMPDIR", None)
-    else:
-        os.environ["RAY_TMPDIR"] = saved
+    """Head (0 CPUs: the driver only) + 2 worker nodes of 1 CPU (:func:`conftest.ray_cluster`)."""
+    with ray_cluster("tc") as c:
+        yield c, list(c.worker_nodes)
 
 
 def _spec(tmp_path: Path, name: str, epochs: int, taus: list[float]) -> Path:
@@ -115,19 +69,7 @@ def _spec(tmp_path: Path, name: str, epochs: int, taus: list[float]) -> Path:
 
 
 def _sweep_cmd(spec: Path, address: str, storage: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "tuneclust",
-        "sweep",
-        str(spec),
-        "--address",
-        address,
-        "--storage",
-        storage,
-        "--quiet",
-        *extra,
-    ]
+    return sweep_command(spec, "--address", address, "--storage", storage, *extra)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import free_port, moto_s3, sweep_command
 
 from tuneclust import lease
 from tuneclust.cli import main
@@ -35,36 +36,11 @@ tracking: {{mlflow: {{uri: "{uri}"}}}}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_root():
-    """A moto S3 server on 127.0.0.1 with one bucket (as in test_cluster); yields its storage URI."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1").create_bucket(
-        Bucket=BUCKET
-    )
-    yield f"s3://{BUCKET}/studies?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    """A moto S3 server on 127.0.0.1 with one bucket; yields its storage URI."""
+    with moto_s3(BUCKET) as port:
+        yield f"s3://{BUCKET}/studies?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -277,7 +253,7 @@ class _Health(http.server.BaseHTTPRequestHandler):
 
 def test_mlflow_server_must_answer_before_start(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     spec = _spec(tmp_path, uri=closed)
     t0 = time.time()
     assert main(["sweep", str(spec), "--storage", str(tmp_path / "runs")]) == 2
@@ -303,17 +279,7 @@ def test_mlflow_server_must_answer_before_start(tmp_path, capsys, monkeypatch):
 
 
 def _driver(spec: Path, storage: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "tuneclust",
-        "sweep",
-        str(spec),
-        "--storage",
-        str(storage),
-        "--quiet",
-        *extra,
-    ]
+    return sweep_command(spec, "--storage", str(storage), *extra)
 
 
 def _env() -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MlflowServer, TcpProxy, free_port
+from conftest import MlflowServer, TcpProxy, moto_s3
 
 from tuneclust.storage import locate
 from tuneclust.tables import read_tables
@@ -108,36 +108,18 @@ def _check_tables(sweep, epochs: int, trials: int, before: pd.DataFrame) -> pd.D
 def s3_proxy():
     """A moto S3 server on 127.0.0.1 with a bucket, behind a :class:`TcpProxy`. Yields (proxy, URI through the
     proxy, URI straight to moto: the test reads through that one while the proxy is cut)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=BUCKET)
-    proxy = TcpProxy(port)
-    proxy.start()
-    q = "scheme=http&region=us-east-1"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    yield (
-        proxy,
-        f"s3://{BUCKET}/studies?endpoint_override=127.0.0.1:{proxy.port}&{q}",
-        f"s3://{BUCKET}/studies?endpoint_override=127.0.0.1:{port}&{q}",
-    )
-    proxy.stop()
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with moto_s3(BUCKET) as port:
+        proxy = TcpProxy(port)
+        proxy.start()
+        q = "scheme=http&region=us-east-1"
+        try:
+            yield (
+                proxy,
+                f"s3://{BUCKET}/studies?endpoint_override=127.0.0.1:{proxy.port}&{q}",
+                f"s3://{BUCKET}/studies?endpoint_override=127.0.0.1:{port}&{q}",
+            )
+        finally:
+            proxy.stop()
 
 
 @pytest.mark.slow  # a minute of outage in a sweep: about two and a half minutes (CI runs -m slow)

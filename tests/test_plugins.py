@@ -9,14 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, ray_cluster, sweep_command
 
 from tuneclust.cli import main
 from tuneclust.plugins import PluginError
@@ -267,25 +266,9 @@ class ProbeDEC(DEC):
 
 @pytest.fixture
 def two_node_cluster():
-    """Head (0 CPUs: the driver only) + 2 worker nodes of 1 CPU, private temp dir and ports (tests/test_cluster.py)."""
-    from ray.cluster_utils import Cluster
-    from test_cluster import _free_port
-
-    tmp = tempfile.mkdtemp(prefix="tp", dir="/tmp")
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tmp
-    c = Cluster(
-        initialize_head=True,
-        connect=False,
-        head_node_args={"num_cpus": 0, "gcs_server_port": _free_port(), "include_dashboard": False},
-    )
-    for _ in range(2):
-        c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    yield c
-    c.shutdown()
-    os.environ.pop("RAY_TMPDIR", None) if saved is None else os.environ.__setitem__("RAY_TMPDIR", saved)
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Head (0 CPUs: the driver only) + 2 worker nodes of 1 CPU (:func:`conftest.ray_cluster`)."""
+    with ray_cluster("tp") as c:
+        yield c
 
 
 @pytest.mark.slow  # a 3-node cluster and a PBT sweep of 4 trials: about two minutes on 2 cores
@@ -312,16 +295,7 @@ def test_example_method_from_an_uninstalled_folder_sweeps_on_worker_nodes(two_no
         k: v for k, v in os.environ.items() if k != "PYTHONPATH"
     }  # tuneclust is installed; examples/ is not
     env.update(HOME=str(tmp_path), TUNE_GLOBAL_CHECKPOINT_S="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "tuneclust",
-        "sweep",
-        str(spec),
-        "--address",
-        two_node_cluster.address,
-        "--quiet",
-    ]
+    cmd = sweep_command(spec, "--address", two_node_cluster.address)
     r = subprocess.run(cmd, cwd=plug, env=env, capture_output=True, text=True, timeout=500)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     trials, epochs = read_tables(plug / "runs" / "dec")
