@@ -18,6 +18,9 @@ SPECS = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
 os.environ.setdefault("TUNECLUST_DATA", str(ROOT / ".test-data-root-unused"))
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Ray 2.60's first local ray.init() here turns token auth on (RAY_AUTH_MODE=token, inherited by every process started
+# afterwards) with its token in ~/.ray/auth_token; drivers run with another HOME still find it
+os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(Path.home() / ".ray" / "auth_token"))
 
 
 @pytest.fixture(scope="session")

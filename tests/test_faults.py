@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from tuneclust.cli import main
 
@@ -141,6 +142,11 @@ def test_start_checks_refuse_before_writing(tmp_path, capsys, monkeypatch):
         (_write_sweep(tmp_path, f"sqlite:///{a_file}/m.db", tmp_path / "runs"), [], "cannot create"),
         (_write_sweep(tmp_path, uri, tmp_path / "runs"), ["--set", "resources.cpu=1000"], "resources.cpu"),
         (_write_sweep(tmp_path, uri, tmp_path / "runs"), ["--set", "resources.gpu=1"], "resources.gpu"),
+        (
+            _write_sweep(tmp_path, uri, tmp_path / "runs"),
+            ["--address", f"127.0.0.1:{free_port()}"],
+            "no Ray cluster",
+        ),
     ]
     before = sorted(os.listdir(tmp_path))
     for spec, extra, expected in cases:

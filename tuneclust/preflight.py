@@ -177,6 +177,29 @@ def check_local(
             check_mlflow_server(mlflow_uri)
     if address is None:
         check_resources_local(spec)
+    else:
+        check_address(address)
+
+
+ADDRESS_TIMEOUT_S = 5.0
+
+
+def check_address(address: str) -> None:
+    """A ``host:port`` address answers on TCP within :data:`ADDRESS_TIMEOUT_S` (Ray itself retries a wrong one for
+    minutes); ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise PreflightError(
+            f"--address {clip(address, 80)}: no Ray cluster answers there ({e.strerror or type(e).__name__}); "
+            "on a `ray up` head node use --address auto"
+        ) from None
 
 
 def _autoscales() -> bool:

@@ -162,13 +162,18 @@ def _start_ray(spec: Spec, address: str | None, verbose: int) -> None:
     if address is None:  # this driver starts Ray: first stop what a killed driver's Ray left behind
         raycompat.warn(raycompat.clean_orphans())
         raycompat.mark_driver()
-    ray.init(
-        address=address,
-        runtime_env=_ship_plugins(spec, verbose),
-        include_dashboard=False,
-        log_to_driver=verbose >= progress.RAY_REPORTER,
-        logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
-    )
+    try:
+        ray.init(
+            address=address,
+            runtime_env=_ship_plugins(spec, verbose),
+            include_dashboard=False,
+            log_to_driver=verbose >= progress.RAY_REPORTER,
+            logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
+        )
+    except Exception as e:  # no cluster there, a missing auth token, ...: one line, not Ray's traceback
+        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SweepError(f"could not {where}: {type(e).__name__}: {first[:200]}") from None
 
 
 def _tuner(
