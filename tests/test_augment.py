@@ -12,11 +12,17 @@ import torch.nn.functional as F
 
 from tuneclust.data import augment as A
 
+
+def random_grayscale(x: torch.Tensor, *, p: float, generator: torch.Generator) -> torch.Tensor:
+    """A per-sample random grayscale as the methods draw it: a coin per sample, then :func:`A.grayscale_where`."""
+    return A.grayscale_where(x, A.coin(x.shape[0], p, generator, x.device))
+
+
 RANDOM_OPS = {
     "random_resized_crop": partial(A.random_resized_crop, scale=(0.2, 1.0)),
     "horizontal_flip": A.horizontal_flip,
     "color_jitter": partial(A.color_jitter, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.125, p=0.8),
-    "random_grayscale": partial(A.random_grayscale, p=0.5),
+    "random_grayscale": partial(random_grayscale, p=0.5),
     "channel_shuffle": A.channel_shuffle,
     "random_rotation": partial(A.random_rotation, degrees=30),
     "random_scale": A.random_scale,
@@ -174,11 +180,11 @@ def test_grayscale_uses_itu_601_weights_and_keeps_channels():
     g = A.to_grayscale(x)
     assert g.shape == (3, 1, 2, 2)
     torch.testing.assert_close(g[:, 0, 0, 0], torch.tensor([0.299, 0.587, 0.114]))
-    y = A.random_grayscale(x, p=1.0, generator=gen(0))
+    y = random_grayscale(x, p=1.0, generator=gen(0))
     assert y.shape == x.shape and torch.equal(y, g.expand(-1, 3, -1, -1))
-    assert torch.equal(A.random_grayscale(x, p=0.0, generator=gen(0)), x)
+    assert torch.equal(random_grayscale(x, p=0.0, generator=gen(0)), x)
     x1 = images(c=1)
-    assert torch.equal(A.random_grayscale(x1, p=1.0, generator=gen(0)), x1)
+    assert torch.equal(random_grayscale(x1, p=1.0, generator=gen(0)), x1)
 
 
 def test_rgb_to_hsv_matches_colorsys_and_round_trips():

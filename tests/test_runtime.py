@@ -399,7 +399,7 @@ def test_idfd_draw_then_apply_is_its_augmentation() -> None:
     want = A.random_resized_crop(x, scale=(c.aug_crop_scale, 1.0), ratio=(3 / 4, 4 / 3), generator=g)
     s = c.aug_color_strength
     want = A.color_jitter(want, brightness=s, contrast=s, saturation=s, generator=g)
-    want = A.random_grayscale(want, p=c.aug_gray_p, generator=g)
+    want = A.grayscale_where(want, A.coin(len(want), c.aug_gray_p, g, want.device))
     want = A.horizontal_flip(want, p=0.5, generator=g)
     assert torch.equal(got, want) and not torch.equal(got, x)
     assert torch.equal(m.generator.get_state(), g.get_state())

@@ -236,12 +236,6 @@ def grayscale_where(x: Tensor, mask: Tensor) -> Tensor:
     return _pick(mask, to_grayscale(x, channels=x.shape[1]), x)
 
 
-def random_grayscale(x: Tensor, *, p: float = 0.2, generator: torch.Generator) -> Tensor:
-    """With probability p per sample, replace the image by its luma, keeping the channel count."""
-    _check(x)
-    return grayscale_where(x, coin(x.shape[0], p, generator, x.device))
-
-
 def rgb_to_hsv(x: Tensor) -> Tensor:
     """(B, 3, H, W) RGB in [0, 1] -> HSV with hue in [0, 1) (torchvision's formulas, batched)."""
     r, g, b = x.unbind(1)
