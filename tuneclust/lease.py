@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneclust.storage import Location
+from tuneclust.storage import Location, env_seconds
 from tuneclust.yamlsafe import clip
 
 NAME = "lease.json"
@@ -44,8 +44,7 @@ class LeaseError(RuntimeError):
 
 def setting(name: str, default: float) -> float:
     """``$TUNECLUST_LEASE_<NAME>_S`` if set to a number >= 0 (tests shorten the delays), else ``default``."""
-    text = os.environ.get(f"TUNECLUST_LEASE_{name}_S", "")
-    return float(text) if text.replace(".", "", 1).isdigit() else default
+    return env_seconds(f"TUNECLUST_LEASE_{name}_S", default)
 
 
 def default_command() -> str:

@@ -72,11 +72,18 @@ def retry_budget() -> float:
     return _env_budget()
 
 
-def _env_budget() -> float:
+def env_seconds(name: str, default: float) -> float:
+    """Seconds from the environment variable ``name`` when it holds a number >= 0, else ``default`` (the one reader
+    of tuneclust's delay settings: storage retries, MLflow's final wait, the lease's delays)."""
     try:
-        return max(0.0, float(os.environ.get(RETRY_ENV, RETRY_S)))
+        value = float(os.environ.get(name, ""))
     except ValueError:
-        return RETRY_S
+        return default
+    return value if 0 <= value < float("inf") else default
+
+
+def _env_budget() -> float:
+    return env_seconds(RETRY_ENV, RETRY_S)
 
 
 def transient(e: BaseException) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tuneclust.storage import Location, locate
+from tuneclust.storage import Location, env_seconds, locate
 from tuneclust.tables import COMPILE_COUNTS, cell
 
 MLFLOW_STATE = "mlflow.json"
@@ -166,10 +166,7 @@ class Outbox:
 
 def final_wait() -> float:
     """:data:`FINAL_WAIT_S`, or ``$TUNECLUST_MLFLOW_WAIT_S`` when set."""
-    try:
-        return max(0.0, float(os.environ.get(FINAL_WAIT_ENV, FINAL_WAIT_S)))
-    except ValueError:
-        return FINAL_WAIT_S
+    return env_seconds(FINAL_WAIT_ENV, FINAL_WAIT_S)
 
 
 def limit_http_retries(uri: str) -> None:
