@@ -43,13 +43,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -287,31 +285,28 @@ def report(result: dict[str, Any]) -> str:
     return text + "Complete grid (FIFO), ACC at the full budget:\n\n" + grid_table(result["grid_acc"]) + "\n"
 
 
-def machine() -> str:
-    """One line describing where the benchmark ran (benchmarks/throughput.py's)."""
+def _throughput():
+    """benchmarks/throughput.py: the machine line and the one layout of ``--record`` sections."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import throughput
 
-    return throughput.machine()
+    return throughput
 
 
 def record(text: str, args: argparse.Namespace, wall: float) -> None:
     """Append a section with the tables, machine, date and command to benchmarks/RESULTS_LOG.md."""
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = "python benchmarks/early_stopping.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     sched = QUICK_SCHEDULERS if args.quick else SCHEDULERS
-    section = (
-        f"\n## Early stopping: IDFD tau study on {args.data} ({when})\n\n"
-        f"- Machine: {machine()}; {args.cpus} trials at once, 1 CPU each.\n"
-        f"- Command: `{cmd}`\n"
-        f"- Study: search_spaces/quickstart.yaml{' (tau listed small to large)' if args.reverse else ''}, "
+    facts = [
+        f"{args.cpus} trials at once, 1 CPU each.",
+        f"Study: search_spaces/quickstart.yaml{' (tau listed small to large)' if args.reverse else ''}, "
         f"{args.seeds} seeds, {args.epochs} epochs, eval every epoch; "
         + "; ".join(f"{n} `{sched[n]}`" for n in args.schedulers)
-        + ".\n"
-        f"- Wall time: {wall / 60:.1f} min.\n\n{text}"
+        + ".",
+        f"Wall time: {wall / 60:.1f} min.",
+    ]
+    _throughput().record_section(
+        "early_stopping.py", f"Early stopping: IDFD tau study on {args.data}", facts, text
     )
-    with RESULTS.open("a") as f:
-        f.write(section)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -43,13 +43,11 @@ import dataclasses
 import math
 import multiprocessing as mp
 import os
-import shlex
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -523,14 +521,6 @@ def tables(outcomes: list[Outcome], methods: Sequence[str]) -> str:
     return text
 
 
-def machine() -> str:
-    """One line describing where the benchmark ran (benchmarks/throughput.py's)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import throughput
-
-    return throughput.machine()
-
-
 def runtimes_line(outcomes: Sequence[Outcome]) -> str:
     """The runtimes the trials actually used, e.g. ``runtime.device=cpu, runtime.precision=fp32, ...``."""
     seen = sorted({tuple(sorted(o.runtime_tags.items())) for o in outcomes if o.runtime_tags})
@@ -539,16 +529,13 @@ def runtimes_line(outcomes: Sequence[Outcome]) -> str:
 
 def record(text: str, args: argparse.Namespace, wall: float, runtimes: str) -> None:
     """Append a section with the tables, machine, date, command and runtimes to benchmarks/RESULTS_LOG.md."""
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = "python benchmarks/fidelity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    section = (
-        f"\n## Fidelity{' (fast path vs fp32 eager)' if args.vs_eager else ''}: {', '.join(args.methods)} "
-        f"on {args.data} ({when})\n\n"
-        f"- Machine: {machine()}; {args.workers} worker processes, 1 torch thread each.\n"
-        f"- Command: `{cmd}`\n- Runtime: {runtimes}.\n- Wall time: {wall / 60:.1f} min.\n\n{text}"
-    )
-    with RESULTS.open("a") as f:
-        f.write(section)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import throughput  # the machine line and the one layout of --record sections
+
+    title = f"Fidelity{' (fast path vs fp32 eager)' if args.vs_eager else ''}: {', '.join(args.methods)} on {args.data}"
+    facts = [f"{args.workers} worker processes, 1 torch thread each.", f"Runtime: {runtimes}.",
+             f"Wall time: {wall / 60:.1f} min."]  # fmt: skip
+    throughput.record_section("fidelity.py", title, facts, text)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -414,6 +414,15 @@ def record(
     append_results(lines)
 
 
+def record_section(script: str, title: str, facts: Sequence[str], body: str) -> None:
+    """Append ``## title (UTC time)`` with the machine, the exact command of ``script``, ``facts`` (bullet texts)
+    and ``body`` to benchmarks/RESULTS_LOG.md: the one layout of the scripts' ``--record`` sections."""
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = shlex.join(["python", f"benchmarks/{script}", *sys.argv[1:]])
+    bullets = [f"- Machine: {machine()}", f"- Command: `{cmd}`", *(f"- {f}" for f in facts)]
+    append_results([f"## {title} ({when})", "", *bullets, "", body])
+
+
 def append_results(lines: list[str]) -> None:
     """Append one benchmark's section (its lines) to benchmarks/RESULTS_LOG.md."""
     with RESULTS_MD.open("a") as f:
