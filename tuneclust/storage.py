@@ -106,7 +106,7 @@ def retrying(fn: Callable[[], T], what: str, budget_s: float | None = None) -> T
             if not transient(e) or elapsed + wait > budget:
                 raise
             if not failed:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                first = first_line(e)
                 print(f"warning: storage unreachable ({what}): {first}; retrying for up to {budget:.0f} s",
                       file=sys.stderr, flush=True)  # fmt: skip
             failed += 1
@@ -116,6 +116,12 @@ def retrying(fn: Callable[[], T], what: str, budget_s: float | None = None) -> T
         if failed:
             print(f"storage reachable again ({what}) after {time.monotonic() - start:.0f} s", file=sys.stderr)
         return result
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut to ``limit`` characters."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def is_uri(storage: str | Path) -> bool:
@@ -268,8 +274,7 @@ def locate(storage: str | Path | Location) -> Location:
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except Exception as e:  # pyarrow raises ArrowInvalid, ArrowNotImplementedError or OSError here
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise StorageError(f"{text!r}: cannot open this storage: {first}") from None
+        raise StorageError(f"{text!r}: cannot open this storage: {first_line(e)}") from None
     if isinstance(fs, pafs.LocalFileSystem):
         return Location(fs, path, path)
     return Location(fs, path.rstrip("/"), text)

@@ -24,7 +24,7 @@ from tuneclust.schedulers import build_scheduler, pbt_keys
 from tuneclust.searchers import build_searcher
 from tuneclust.space import param_space
 from tuneclust.spec import Spec
-from tuneclust.storage import Location, StorageError, locate, retry_budget, retry_limit, transient
+from tuneclust.storage import Location, StorageError, first_line, locate, retry_budget, retry_limit, transient
 from tuneclust.trainable import available_checkpoint, ray_trainable, superseded_line
 
 
@@ -81,9 +81,7 @@ def run_sweep(
     except lease.LeaseError as e:
         raise SweepError(str(e)) from None
     except OSError as e:
-        raise SweepError(
-            f"{out}: cannot take the sweep's lease: {str(e).splitlines()[0] if str(e) else e!r}"
-        ) from None
+        raise SweepError(f"{out}: cannot take the sweep's lease: {first_line(e)}") from None
     try:
         _check_state(out, resume, overwrite)
         return _run(spec, root, out, mlflow_uri, storage=storage, resume=resume, overwrite=overwrite,
@@ -172,8 +170,7 @@ def _start_ray(spec: Spec, address: str | None, verbose: int) -> None:
         )
     except Exception as e:  # no cluster there, a missing auth token, ...: one line, not Ray's traceback
         where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SweepError(f"could not {where}: {type(e).__name__}: {first[:200]}") from None
+        raise SweepError(f"could not {where}: {type(e).__name__}: {first_line(e)}") from None
 
 
 def _tuner(
@@ -254,8 +251,7 @@ def storage_cause(e: BaseException) -> OSError | None:
 
 def unreachable_line(out: Location, e: OSError) -> str:
     """One line: storage was unreachable for longer than the retries allow; what is kept and what to run."""
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    first = first if len(first) <= 80 else first[:77] + "..."
+    first = first_line(e, 80)
     return (
         f"storage unreachable for over {retry_budget():.0f} s ({first}); the sweep stopped, its results so far are "
         f"in {out.uri.partition('?')[0]} — when storage is back, rerun the same command with --resume"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tuneclust.storage import Location, env_seconds, locate
+from tuneclust.storage import Location, env_seconds, first_line, locate
 from tuneclust.tables import COMPILE_COUNTS, cell
 
 MLFLOW_STATE = "mlflow.json"
@@ -126,7 +126,7 @@ class Outbox:
                 if not unreachable(e):
                     raise
                 self.last_try = time.monotonic()
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                first = first_line(e)
                 print(
                     f"warning: MLflow unreachable ({first}); buffering its calls", file=sys.stderr, flush=True
                 )
