@@ -200,6 +200,21 @@ def test_adv_off_makes_no_critic_steps(digits: Dataset) -> None:
     assert "critic_loss" not in ev.scores and "w_distance" not in ev.scores
 
 
+def test_schedule_is_n_critic_critic_steps_then_one_encoder_step_across_epochs(digits: Dataset) -> None:
+    # Algorithm 1 with n_critic 2: C, C, Q, C, C, Q, ... over 7 batches per epoch, the cycle carried into the
+    # next epoch (batch 8 is the second of a cycle), each batch a fresh slice of the epoch's permutation
+    m = make(small(digits, 140), batch_size=20, n_critic=2)
+    turns: list[str] = []
+    for _ in range(2):
+        seen = []
+        for step, idx in m.schedule():
+            turns.append({m.step: "Q", m.critic_step: "C"}[step])
+            seen.append(idx)
+        assert torch.equal(torch.cat(seen).sort().values, torch.arange(140))
+    assert "".join(turns) == "CCQCCQC" + "CQCCQCC"
+    assert m.batch_count == 14
+
+
 def test_all_terms_off_is_rejected() -> None:
     with pytest.raises(ValidationError):
         DCCSConfig(mi=False, aug=False, adv=False)

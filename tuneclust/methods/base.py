@@ -5,6 +5,8 @@ A method adds its networks, one optimisation ``step`` on a batch that returns it
 
 - the epoch loop over a seeded permutation (:meth:`Method.batches`), calling :meth:`Method.step` under the
   trial's runtime (precision), accumulating each term's mean on the device and reading it back once per epoch;
+  a method whose updates alternate (a GAN's critic and generator steps) says which step takes which batch in
+  :meth:`Method.schedule` instead of keeping a flag for ``step`` to read;
 - one non-finite check (:meth:`Method.check_finite`: which quantity, which epoch, which trial);
 - optimisers built from the config (:meth:`Method.add_optimizer`) and the config re-applied to them at every
   epoch and after :meth:`load_state_dict`, so a PBT mutation, a ``--set`` or a resume with a changed config trains
@@ -204,6 +206,14 @@ class Method(ABC):
         """Extra per-report fields describing where training is (e.g. phase); ``lr`` by default."""
         return {"lr": self.current_lr()} if self.optimizers else {}
 
+    def schedule(self) -> Iterable[tuple[Callable[[torch.Tensor], Any], torch.Tensor]]:
+        """The epoch's steps as (step function, sample indices) pairs: :meth:`step` on each of :meth:`batches`.
+
+        A method with several kinds of update (DCCS: n_critic critic steps, then one encoder step) overrides this;
+        each function runs under the trial's runtime and returns its named terms (or None), as :meth:`step`.
+        """
+        return ((self.step, idx) for idx in self.batches())
+
     def batches(self) -> Iterable[torch.Tensor]:
         """The epoch's batches of sample indices: a seeded permutation in ``cfg.batch_size`` chunks."""
         n = len(self.data)
@@ -279,10 +289,10 @@ class Method(ABC):
         self.on_epoch_start()
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        for idx in self.batches():
+        for step, idx in self.schedule():
             self.runtime.step_begin()
             with self.runtime.autocast():
-                terms = self.step(idx)
+                terms = step(idx)
             self.steps += 1
             self.images_seen += int(idx.numel())
             for key, value in (terms or {}).items():

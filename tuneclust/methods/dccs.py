@@ -19,7 +19,7 @@ Decisions where the paper is silent (methods.md wins where it speaks):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -72,7 +72,6 @@ class DCCS(Method):
         self.add_optimizer("c", "adam", self.critic.parameters(), adam)
         self.batch_count = 0  # position in the critic/encoder cycle, across epochs
         self.last_critic_loss = float("nan")
-        self._encoder_turn = True
         # the encoder step's pure part as one graph (the critic's step stays eager: its gradient penalty)
         self._encoder_forward = self.runtime.compile_fn(self.encoder_objective)
 
@@ -164,31 +163,35 @@ class DCCS(Method):
         return L.dccs_critic_loss(c_fake, c_prior, gp, lambda_gp=cfg.lambda_gp, weight=cfg.weights()["adv"])
 
     # training ------------------------------------------------------------------------------------
-    def batches(self) -> Iterator[torch.Tensor]:
-        """Full batches of a seeded permutation, cycling n_critic critic batches then one encoder batch
+    def schedule(self) -> Iterator[tuple[Callable[[torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]]:
+        """Full batches of a seeded permutation, cycling n_critic critic steps then one encoder step
         (Algorithm 1); the cycle runs across epochs; critic batches are skipped when L_Adv is off."""
         n = len(self.x)
         b = min(self.cfg.batch_size, n)
         perm = self.permutation(n)
         adv = bool(self.cfg.weights()["adv"])
         for i in range(n // b):
-            self._encoder_turn = self.batch_count % (self.cfg.n_critic + 1) == self.cfg.n_critic
+            encoder_turn = self.batch_count % (self.cfg.n_critic + 1) == self.cfg.n_critic
             self.batch_count += 1
-            if self._encoder_turn or adv:
-                yield perm[i * b : (i + 1) * b]
+            if encoder_turn:
+                yield self.step, perm[i * b : (i + 1) * b]
+            elif adv:
+                yield self.critic_step, perm[i * b : (i + 1) * b]
 
     def step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.x[idx]
-        if self._encoder_turn:
-            self.critic.requires_grad_(False)  # L_Adv trains Q only; C has its own steps
-            try:
-                out = self.encoder_losses(x)
-                self.descend("q", out.total)
-            finally:
-                self.critic.requires_grad_(True)
-            return out.logged()
+        """The encoder step (Q and D) on the samples ``idx``: Eq. 12."""
+        self.critic.requires_grad_(False)  # L_Adv trains Q only; C has its own steps
+        try:
+            out = self.encoder_losses(self.x[idx])
+            self.descend("q", out.total)
+        finally:
+            self.critic.requires_grad_(True)
+        return out.logged()
+
+    def critic_step(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The critic's step on the samples ``idx``: Eq. 14 on their (fixed) encodings."""
         with torch.no_grad():
-            z = self._encode(self._prepare(x))[1]
+            z = self._encode(self._prepare(self.x[idx]))[1]
         out = self.critic_losses(z)
         self.descend("c", out.total)
         return {f"loss_{k}": v for k, v in out.terms.items()}
