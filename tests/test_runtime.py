@@ -379,7 +379,8 @@ def test_idfd_forward_is_one_graph(channels) -> None:
 
 
 def test_idfd_draw_then_apply_is_its_augmentation() -> None:
-    """Drawing the parameters and applying them gives the images the ops give from the same generator state."""
+    """IDFD draws its whole pipeline, then applies it: the images (and the generator after) equal those of each op
+    drawn just before it is applied, in the public code's order (crop, jitter, grayscale, flip)."""
     from tuneclust.data import augment as A
     from tuneclust.data.registry import Dataset
     from tuneclust.methods import get_method
@@ -396,11 +397,14 @@ def test_idfd_draw_then_apply_is_its_augmentation() -> None:
     g = torch.Generator().manual_seed(0)
     g.set_state(state)
     c = m.cfg
-    want = A.random_resized_crop(x, scale=(c.aug_crop_scale, 1.0), ratio=(3 / 4, 4 / 3), generator=g)
-    s = c.aug_color_strength
-    want = A.color_jitter(want, brightness=s, contrast=s, saturation=s, generator=g)
-    want = A.grayscale_where(want, A.coin(len(want), c.aug_gray_p, g, want.device))
-    want = A.horizontal_flip(want, p=0.5, generator=g)
+    n, s = len(x), c.aug_color_strength  # each op drawn just before it is applied
+    want = A.crop_resize(
+        x, A.sample_boxes(n, 12, 12, scale=(c.aug_crop_scale, 1.0), ratio=(3 / 4, 4 / 3), generator=g)
+    )
+    jitter = A.draw_color_jitter(n, channels=3, brightness=s, contrast=s, saturation=s, generator=g)
+    want = A.apply_color_jitter(want, jitter)
+    want = A.grayscale_where(want, A.coin(n, c.aug_gray_p, g))
+    want = A.flip_where(want, A.coin(n, 0.5, g))
     assert torch.equal(got, want) and not torch.equal(got, x)
     assert torch.equal(m.generator.get_state(), g.get_state())
 

@@ -1,27 +1,29 @@
 """Batched, per-sample random image augmentation on the device (no PIL, no Python loop over samples).
 
-Every op takes ``x`` (B, C, H, W) float in [0, 1] on any device and a keyword-only ``generator`` (a
-``torch.Generator`` on x's device), draws one set of parameters per sample from it (so the output is a function of
-the generator state), and returns a tensor of the same shape, dtype and device unless stated. Geometric ops build
-per-sample affine matrices and do one ``affine_grid`` + ``grid_sample`` (bilinear) per call.
+One API, draw then apply: a draw takes the number of images (and their size where it matters) and a keyword
+``generator`` (a ``torch.Generator`` on the images' device) and returns per-sample parameters; an apply is pure
+(images (B, C, H, W) float in [0, 1], parameters -> images of the same shape, dtype and device). A method draws
+its whole pipeline first, in the order it is applied, and :func:`apply_drawn` applies the dict: where a method
+compiles its step (augmentation, network, loss) into one graph the draws stay outside it (``torch.compile`` does
+not trace an explicit ``generator``). Draws depend only on the count and size, never on pixel values, so drawing
+everything first takes the same numbers from the generator as drawing each op just before it runs.
 
-Draw, then apply: where a method compiles its whole forward pass (augmentation, network, loss) into one graph,
-the random draws stay outside it (``torch.compile`` does not trace an explicit ``generator``). Those ops are
-therefore also offered as a draw (generator -> per-sample parameters) and a pure apply (images, parameters ->
-images): :func:`sample_boxes` / :func:`crop_resize`, :func:`draw_color_jitter` / :func:`apply_color_jitter`,
-:func:`coin` / :func:`flip_where` and :func:`grayscale_where`, :func:`draw_channel_perm` /
-:func:`permute_channels`; :func:`apply_drawn` applies a dict of them in the order drawn. Each op is its apply of its draw, drawing in the
-same order, so the two ways give the same images from the same generator state.
+The pairs (:data:`APPLY` names them): ``crop`` :func:`sample_boxes` / :func:`crop_resize`, ``flip``
+:func:`coin` / :func:`flip_where`, ``gray`` :func:`coin` / :func:`grayscale_where`, ``shuffle``
+:func:`draw_channel_perm` / :func:`permute_channels`, ``jitter`` :func:`draw_color_jitter` /
+:func:`apply_color_jitter`, ``rotate`` :func:`draw_angles` / :func:`rotate`, ``zoom`` :func:`draw_zoom` /
+:func:`zoom`, ``erase`` :func:`draw_erasing` / :func:`erase`. Geometric applies build per-sample affine matrices
+and do one ``affine_grid`` + ``grid_sample`` (bilinear).
 
 The pipelines they serve (methods.md): IDFD (Wu et al. 2018 / Tao et al. 2021: RandomResizedCrop(0.2-1),
 ColorJitter(0.4, 0.4, 0.4), RandomGrayscale(0.2), horizontal flip), DCCS (crop 0.4-1, flip, jitter with hue
 0.125, channel shuffle, grayscale), ICS (rotation, scale, erasing, flip, brightness, contrast).
 
 Deliberate differences from torchvision, for batching:
-- ``random_resized_crop``/``random_erasing``: a box that would not fit is clamped to the image instead of torchvision's
+- ``crop``/``erase``: a box that would not fit is clamped to the image instead of torchvision's
   10 re-draws (and its centre-crop fallback), so the area/aspect can be slightly off the drawn values at the edges.
-- ``color_jitter`` applies brightness, contrast, saturation, hue in this fixed order (torchvision: random order).
-- ``random_rotation``/``random_scale`` interpolate bilinearly (torchvision's default is nearest), fill 0.
+- ``jitter`` applies brightness, contrast, saturation, hue in this fixed order (torchvision: random order).
+- ``rotate``/``zoom`` interpolate bilinearly (torchvision's default is nearest), fill 0.
 """
 
 from __future__ import annotations
@@ -33,8 +35,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-"""An augmentation step, called as ``step(x, generator=generator)`` (e.g. a ``functools.partial`` of an op)."""
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision's rgb_to_grayscale
 
@@ -126,50 +126,55 @@ def crop_resize(x: Tensor, boxes: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def random_resized_crop(
-    x: Tensor,
-    *,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    generator: torch.Generator,
-) -> Tensor:
-    """torchvision's RandomResizedCrop to the input size (see :func:`sample_boxes` for the clamping)."""
-    _check(x)
-    boxes = sample_boxes(
-        x.shape[0], x.shape[2], x.shape[3], scale=scale, ratio=ratio, generator=generator, device=x.device
-    )
-    return crop_resize(x, boxes)
-
-
 def _warp(x: Tensor, theta: Tensor) -> Tensor:
     """Sample x at theta @ (u, v, 1) (normalised output coords -> input coords), zeros outside."""
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def random_rotation(x: Tensor, *, degrees: float | tuple[float, float], generator: torch.Generator) -> Tensor:
-    """Rotate each sample about its centre by an angle uniform in [-degrees, degrees] (or [lo, hi]).
-
-    Positive angles turn counter-clockwise (torchvision's convention); corners are filled with 0.
-    """
-    _check(x)
+def draw_angles(
+    n: int,
+    degrees: float | tuple[float, float],
+    *,
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Rotation angles (n,) in radians, uniform in [-degrees, degrees] (or [lo, hi] degrees)."""
     lo, hi = (-abs(degrees), abs(degrees)) if isinstance(degrees, int | float) else degrees
     _check_range("degrees", lo, hi, low=-math.inf)
+    device = device if device is not None else generator.device
+    return torch.deg2rad(_uniform(n, lo, hi, generator, device))
+
+
+def rotate(x: Tensor, angles: Tensor) -> Tensor:
+    """Rotate each sample about its centre by its angle (radians; positive turns counter-clockwise, torchvision's
+    convention); corners are filled with 0."""
+    _check(x)
     b, _, H, W = x.shape
-    a = torch.deg2rad(_uniform(b, lo, hi, generator, x.device))
-    cos, sin = torch.cos(a), torch.sin(a)
-    zero = torch.zeros_like(a)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    zero = torch.zeros_like(angles)
     theta = torch.stack([cos, -sin * H / W, zero, sin * W / H, cos, zero], dim=1).view(b, 2, 3)
     return _warp(x, theta)
 
 
-def random_scale(x: Tensor, *, scale: tuple[float, float] = (0.9, 1.1), generator: torch.Generator) -> Tensor:
-    """Zoom each sample about its centre by a factor uniform in ``scale`` (>1 enlarges; the border is filled with 0)."""
-    _check(x)
+def draw_zoom(
+    n: int,
+    scale: tuple[float, float] = (0.9, 1.1),
+    *,
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Zoom factors (n,) uniform in ``scale``."""
     _check_range("scale", *scale, low=1e-12)
-    s = _uniform(x.shape[0], scale[0], scale[1], generator, x.device)
-    zero = torch.zeros_like(s)
-    theta = torch.stack([1 / s, zero, zero, zero, 1 / s, zero], dim=1).view(-1, 2, 3)
+    device = device if device is not None else generator.device
+    return _uniform(n, scale[0], scale[1], generator, device)
+
+
+def zoom(x: Tensor, factors: Tensor) -> Tensor:
+    """Zoom each sample about its centre by its factor (>1 enlarges; the border is filled with 0)."""
+    _check(x)
+    zero = torch.zeros_like(factors)
+    theta = torch.stack([1 / factors, zero, zero, zero, 1 / factors, zero], dim=1).view(-1, 2, 3)
     return _warp(x, theta)
 
 
@@ -179,35 +184,38 @@ def flip_where(x: Tensor, mask: Tensor) -> Tensor:
     return _pick(mask, x.flip(-1), x)
 
 
-def horizontal_flip(x: Tensor, *, p: float = 0.5, generator: torch.Generator) -> Tensor:
-    """Mirror each sample left-right with probability p."""
-    _check(x)
-    return flip_where(x, coin(x.shape[0], p, generator, x.device))
-
-
-def random_erasing(
-    x: Tensor,
+def draw_erasing(
+    n: int,
+    height: int,
+    width: int,
     *,
     p: float = 0.5,
     scale: tuple[float, float] = (0.02, 0.33),
     ratio: tuple[float, float] = (0.3, 3.3),
-    value: float = 0.0,
     generator: torch.Generator,
-) -> Tensor:
-    """torchvision's RandomErasing: with probability p, set a box of area fraction in ``scale`` and aspect h/w
-    log-uniform in ``ratio`` to ``value`` (box clamped to the image instead of re-drawn)."""
-    _check(x)
-    b, _, H, W = x.shape
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """torchvision's RandomErasing's parameters: a box of area fraction in ``scale`` and aspect h/w log-uniform
+    in ``ratio`` (clamped to the image instead of re-drawn), erased with probability p.
+
+    Returns:
+        ``boxes`` (n, 4) top, left, h, w and ``apply`` (n,) bool.
+    """
     inv = (1 / ratio[1], 1 / ratio[0])  # sample_boxes draws w/h; torchvision's erasing ratio is h/w
-    top, left, h, w = sample_boxes(
-        b, H, W, scale=scale, ratio=inv, generator=generator, device=x.device
-    ).unbind(1)
-    apply = coin(b, p, generator, x.device)
+    boxes = sample_boxes(n, height, width, scale=scale, ratio=inv, generator=generator, device=device)
+    return {"boxes": boxes, "apply": coin(n, p, generator, device)}
+
+
+def erase(x: Tensor, params: dict[str, Tensor], value: float = 0.0) -> Tensor:
+    """Set each sample's box to ``value`` where ``apply`` (parameters from :func:`draw_erasing`)."""
+    _check(x)
+    _, _, H, W = x.shape
+    top, left, h, w = params["boxes"].to(x.device).unbind(1)
     rows = torch.arange(H, device=x.device)
     cols = torch.arange(W, device=x.device)
     in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
     in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
-    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & params["apply"].to(x.device)[:, None, None]
     return torch.where(mask[:, None], x.new_full((), value), x)
 
 
@@ -297,7 +305,11 @@ def draw_color_jitter(
     generator: torch.Generator,
     device: torch.device | str | None = None,
 ) -> dict[str, Tensor]:
-    """The per-sample parameters of :func:`color_jitter` for ``n`` images of ``channels`` channels.
+    """torchvision's ColorJitter's per-sample parameters for ``n`` images of ``channels`` channels.
+
+    Factors are uniform in [max(0, 1-s), 1+s], the hue shift uniform in [-hue, hue] (hue <= 0.5); a strength of 0
+    skips its step (so all zeros is the identity). Saturation and hue are no-ops on 1-channel images. Applied to
+    each sample with probability p (:func:`apply_color_jitter`).
 
     Returns:
         ``brightness``/``contrast``/``saturation`` factors (n,), ``hue`` shifts (n,) and ``apply`` (n,) bool, each
@@ -323,8 +335,9 @@ def draw_color_jitter(
 
 
 def apply_color_jitter(x: Tensor, params: dict[str, Tensor]) -> Tensor:
-    """:func:`color_jitter` with drawn parameters (:func:`draw_color_jitter`): brightness, contrast, saturation,
-    hue, in that order; the samples where ``apply`` is False are returned unchanged."""
+    """Colour jitter with drawn parameters (:func:`draw_color_jitter`): brightness, contrast, saturation, hue, in
+    that fixed order (torchvision: random order), clamped to [0, 1]; the samples where ``apply`` is False are
+    returned unchanged."""
     _check(x)
     out = x
     if "brightness" in params:
@@ -337,37 +350,6 @@ def apply_color_jitter(x: Tensor, params: dict[str, Tensor]) -> Tensor:
     if "hue" in params:
         out = adjust_hue(out, params["hue"])
     return _pick(params["apply"], out, x) if "apply" in params else out
-
-
-def color_jitter(
-    x: Tensor,
-    *,
-    brightness: float = 0.0,
-    contrast: float = 0.0,
-    saturation: float = 0.0,
-    hue: float = 0.0,
-    p: float = 1.0,
-    generator: torch.Generator,
-) -> Tensor:
-    """torchvision's ColorJitter per sample, in the fixed order brightness, contrast, saturation, hue.
-
-    Factors are uniform in [max(0, 1-s), 1+s], the hue shift uniform in [-hue, hue] (hue <= 0.5); a strength of 0
-    skips its step (so all zeros is the identity). Saturation and hue are no-ops on 1-channel images. Applied to
-    each sample with probability p; the result is clamped to [0, 1].
-    """
-    _check(x)
-    params = draw_color_jitter(
-        x.shape[0],
-        channels=x.shape[1],
-        brightness=brightness,
-        contrast=contrast,
-        saturation=saturation,
-        hue=hue,
-        p=p,
-        generator=generator,
-        device=x.device,
-    )
-    return apply_color_jitter(x, params)
 
 
 def draw_channel_perm(
@@ -384,21 +366,17 @@ def permute_channels(x: Tensor, perm: Tensor) -> Tensor:
     return x.gather(1, perm[:, :, None, None].expand_as(x))
 
 
-def channel_shuffle(x: Tensor, *, generator: torch.Generator) -> Tensor:
-    """An independent random permutation of the channels of each sample (DCCS: before graying)."""
-    _check(x)
-    return permute_channels(x, draw_channel_perm(x.shape[0], x.shape[1], generator, x.device))
-
-
 APPLY: dict[str, Callable[[Tensor, Any], Tensor]] = {
     "crop": crop_resize,
     "flip": flip_where,
     "gray": grayscale_where,
     "shuffle": permute_channels,
     "jitter": apply_color_jitter,
+    "rotate": rotate,
+    "zoom": zoom,
+    "erase": erase,
 }
-"""A drawn parameter's name -> the pure op that applies it (``crop``: :func:`sample_boxes`' boxes, ``flip`` and
-``gray``: :func:`coin` masks, ``shuffle``: :func:`draw_channel_perm`, ``jitter``: :func:`draw_color_jitter`)."""
+"""A drawn parameter's name -> the pure op that applies it (the module docstring pairs each with its draw)."""
 
 
 def apply_drawn(x: Tensor, params: dict[str, Any]) -> Tensor:

@@ -70,19 +70,29 @@ class ICS(Method):
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+    def draw_augment(self, n: int) -> dict[str, Any]:
+        """The random parameters of the augmentation of ``n`` images (rotation, scale, flip, brightness/contrast,
+        erasing; each on when its strength is above 0), drawn from the trial's generator in that order."""
         c, g = self.cfg, self.generator
+        channels, height, width = self.x.shape[1:]
+        params: dict[str, Any] = {}
         if c.aug_rotation > 0:
-            x = augment.random_rotation(x, degrees=c.aug_rotation, generator=g)
+            params["rotate"] = augment.draw_angles(n, c.aug_rotation, generator=g)
         if c.aug_scale > 0:
-            x = augment.random_scale(x, scale=(1 - c.aug_scale, 1 + c.aug_scale), generator=g)
+            params["zoom"] = augment.draw_zoom(n, (1 - c.aug_scale, 1 + c.aug_scale), generator=g)
         if c.aug_flip > 0:
-            x = augment.horizontal_flip(x, p=c.aug_flip, generator=g)
+            params["flip"] = augment.coin(n, c.aug_flip, g)
         if c.aug_brightness > 0 or c.aug_contrast > 0:
-            x = augment.color_jitter(x, brightness=c.aug_brightness, contrast=c.aug_contrast, generator=g)
+            params["jitter"] = augment.draw_color_jitter(
+                n, channels=channels, brightness=c.aug_brightness, contrast=c.aug_contrast, generator=g
+            )
         if c.aug_erasing > 0:
-            x = augment.random_erasing(x, p=c.aug_erasing, generator=g)
-        return x
+            params["erase"] = augment.draw_erasing(n, height, width, p=c.aug_erasing, generator=g)
+        return params
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """One random augmentation of each image (draw, then apply)."""
+        return augment.apply_drawn(x, self.draw_augment(len(x)))
 
     def _encode_all(self) -> torch.Tensor:
         return self.map_chunks(lambda xb: self.net.encode(self._norm(xb)), self.x)
