@@ -79,13 +79,14 @@ class TrackingCallback(tune.Callback):
     def tables(self) -> tables.ResultTables:
         return self._live["tables"]
 
-    def _ident(self, trial: Any, config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The trial's table columns for ``config`` (default: its current config; PBT changes it)."""
-        config = dict(trial.config if config is None else config)
-        key = (trial.trial_id, repr(sorted(config.items(), key=lambda kv: kv[0])))
+    def _ident(self, trial: Any, point: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The trial's table columns at ``point`` (default: its current point, Ray's ``trial.config``, which PBT
+        changes)."""
+        point = dict(trial.config if point is None else point)
+        key = (trial.trial_id, repr(sorted(point.items(), key=lambda kv: kv[0])))
         idents = self._live["idents"]
         if key not in idents:
-            idents[key] = self.plan.identity(config)
+            idents[key] = self.plan.identity(point)
         self._live["initial"].setdefault(trial.trial_id, idents[key])
         return idents[key]
 
@@ -116,7 +117,7 @@ class TrackingCallback(tune.Callback):
             self._live["runtime"][trial.trial_id] = runtime
             if (mlf := self._live.get("mlflow")) is not None:
                 mlf.set_trial_tags(trial.trial_id, runtime)
-        ident = self._ident(trial, result.get("config"))  # the config in force at this evaluation (PBT)
+        ident = self._ident(trial, result.get("config"))  # the point in force at this evaluation (PBT)
         self.tables.add_eval(trial.trial_id, ident, values)
         mlf = self._live.get("mlflow")
         if mlf is not None:
@@ -128,7 +129,7 @@ class TrackingCallback(tune.Callback):
             )
 
     def _finish(self, trial: Any, status: str, error: str | None) -> None:
-        ident = dict(self._ident(trial))  # the final config
+        ident = dict(self._ident(trial))  # the final point
         initial = self._live["initial"].get(trial.trial_id, ident)
         ident.update({f"initial.{k}": v for k, v in initial.items() if ident.get(k) != v})
         ident.update(self._live["runtime"].get(trial.trial_id, {}))

@@ -332,13 +332,13 @@ def share_partition(loop: TrialLoop, results: str, trial_id: str, point: dict[st
 
 
 def ray_trainable(
-    config: dict[str, Any],
+    point: dict[str, Any],
     plan: SweepPlan,
     datasets: dict[str, Any] | None = None,
     results: str | None = None,
 ) -> None:
-    """Ray Tune function trainable. ``config`` is the trial's point of the search space (plus ``arm``), as
-    Ray holds it now (PBT mutates it); ``plan`` what every trial of the sweep shares; ``datasets`` the driver's
+    """Ray Tune function trainable. ``point`` is the trial's point of the search space (plus ``arm``), as Ray
+    holds it now (Ray's ``trial.config``; PBT mutates it); ``plan`` what every trial of the sweep shares; ``datasets`` the driver's
     decoded datasets in Ray's object store (``dataset_key(data) -> ObjectRef``), used instead of loading here;
     ``results`` the sweep's folder (path or URI), where the trial stores its partitions
     (:mod:`tuneclust.partitions`)."""
@@ -347,7 +347,7 @@ def ray_trainable(
 
     from tuneclust import raycompat
 
-    trial = plan.trial(config)
+    trial = plan.trial(point)
     device = select_device(trial.gpu, ray.get_gpu_ids() if trial.gpu > 0 else [])
     shared = (datasets or {}).get(dataset_key(trial.data))
     dataset = ray.get(shared) if shared is not None else None
@@ -359,7 +359,7 @@ def ray_trainable(
         loop.load(state)
     for result in loop.run():
         if results:
-            result.update(share_partition(loop, results, trial_id, dict(config), int(result["epoch"])))
+            result.update(share_partition(loop, results, trial_id, dict(point), int(result["epoch"])))
         with tempfile.TemporaryDirectory() as d:
             torch.save(loop.state(), Path(d) / STATE_FILE)
             retrying(
