@@ -102,7 +102,8 @@ class Runtime:
     Attributes:
         device: the trial's device.
         precision: ``fp32``, ``bf16`` or ``fp16``.
-        channels_last: whether modules and 4-d inputs use NHWC.
+        channels_last: whether conv modules use NHWC (a convolution with NHWC weights gives NHWC outputs from NCHW
+            inputs, so batches are not converted).
         compile_mode: ``none``, ``default`` or ``cudagraphs`` (applied by :meth:`compile`).
         tf32: TF32 allowed (CUDA only; False on the CPU).
         cudnn_benchmark: cuDNN autotuning (CUDA only; False on the CPU).
@@ -149,12 +150,6 @@ class Runtime:
         if self.channels_last:
             net.to(memory_format=torch.channels_last)
         return net
-
-    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        """A 4-d image batch in channels_last if that is on; anything else unchanged."""
-        if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
 
     def compile(self, fn: T, dynamic: bool | None = None) -> T:
         """``fn`` (a function or module) compiled as configured; ``fn`` itself for ``none``. ``dynamic``:
