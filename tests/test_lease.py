@@ -113,6 +113,25 @@ def test_stale_dead_and_forced_takeovers(root, capsys, monkeypatch):
     assert len(err) == 1 and f"a driver that is gone (pid {pid} on host" in err[0], err
 
 
+def test_a_reused_pid_is_not_the_driver_that_held_the_lease(root, capsys):
+    # the lease names a live pid of this host, but that pid started later than the driver that wrote it
+    folder = locate(root) / "sw"
+    loc = folder / lease.NAME
+    mine = {
+        **_record(socket.gethostname(), os.getpid(), age=1),
+        "pid_start": lease.process_start(os.getpid()),
+    }
+    assert mine["pid_start"] is not None and not lease.dead_here(mine)  # the same process: alive
+    assert not lease.dead_here({**mine, "pid_start": None})  # a lease without a start time: the pid decides
+    loc.write_text(json.dumps({**mine, "pid_start": "1"}))  # started at tick 1: not this process
+    lease.acquire(folder).release()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"a driver that is gone (pid {os.getpid()} on host" in err[0], err
+    held = lease.acquire(folder)  # and a lease this driver writes records its own start time
+    assert lease.read(loc)["pid_start"] == lease.process_start(os.getpid())
+    held.release()
+
+
 def test_a_replaced_token_stops_the_old_holders_heartbeat(root, capsys):
     folder = locate(root) / "sw"
     old = lease.acquire(folder)

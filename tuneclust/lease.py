@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tuneclust.storage import Location, env_seconds
@@ -71,17 +72,30 @@ def read(loc: Location) -> dict[str, Any] | None:
     return data if numbers else None
 
 
+def process_start(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None if it is gone or there is
+    no /proc (not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def dead_here(lease: dict[str, Any]) -> bool:
-    """Held on this host by a process that no longer exists (e.g. a SIGKILLed driver)."""
+    """Held on this host by a process that no longer exists (e.g. a SIGKILLed driver), or whose pid now belongs
+    to a later process (the start time the lease recorded differs)."""
     if lease.get("host") != socket.gethostname():
         return False
     try:
-        os.kill(int(lease.get("pid", -1)), 0)
+        pid = int(lease.get("pid", -1))
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except (OSError, ValueError):  # PermissionError: alive, another user's
         return False
-    return False
+    recorded, now = lease.get("pid_start"), process_start(pid)
+    return recorded is not None and now is not None and recorded != now
 
 
 def describe(lease: dict[str, Any]) -> str:
@@ -177,8 +191,9 @@ def acquire(folder: Location, *, takeover: bool = False, command: str | None = N
                 f"--takeover (or wait until its heartbeat is {stale_s:g} s old)"
             )
     now = time.time()
-    record = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
-              "command": command or default_command(), "token": secrets.token_hex(16)}  # fmt: skip
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+              "started": now, "heartbeat": now, "command": command or default_command(),
+              "token": secrets.token_hex(16)}  # fmt: skip
     lease = Lease(folder, record, setting("RENEW", RENEW_S), created_dir=not folder.exists())
     loc.write_text(json.dumps(record))
     try:

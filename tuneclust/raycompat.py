@@ -20,6 +20,8 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import HyperBandScheduler, PopulationBasedTraining
 
+from tuneclust.lease import process_start
+
 TESTED_RAY = ("2.60",)
 """Ray releases (major.minor) whose behaviour below was checked."""
 
@@ -183,18 +185,9 @@ DRIVER_ENV = "TUNECLUST_DRIVER"
 inherit it, which is how :func:`clean_orphans` knows them as a tuneclust driver's own."""
 
 
-def _start_time(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def mark_driver() -> None:
     """Mark this process as a sweep driver before it starts Ray (Linux only; elsewhere nothing to clean up)."""
-    started = _start_time(os.getpid())
+    started = process_start(os.getpid())
     if started is not None:
         os.environ[DRIVER_ENV] = f"{os.getpid()}:{started}"
 
@@ -225,7 +218,7 @@ def orphans() -> dict[int, str]:
         if not mark or mark == os.environ.get(DRIVER_ENV):
             continue
         pid, _, started = mark.partition(":")
-        if pid.isdigit() and _start_time(int(pid)) != started:
+        if pid.isdigit() and process_start(int(pid)) != started:
             found[int(entry.name)] = mark
     return found
 
