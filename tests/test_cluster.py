@@ -8,6 +8,7 @@ so it can be killed like a researcher's terminal; results must all be in the buc
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -243,3 +244,27 @@ def test_a_deleted_checkpoint_resolves_to_the_registered_one_on_s3(s3):
     marker = fs.get_file_info(f"{trial}/checkpoint_000003/superseded.txt")
     assert marker.type == pafs.FileType.File  # Ray's later delete_dir of checkpoint 3 finds it
     fs.delete_dir(f"{trial}/checkpoint_000003")
+
+
+@pytest.mark.slow  # its own cluster, with token authentication on: ~25 s
+def test_a_driver_without_the_clusters_token_is_refused_in_one_line(s3, tmp_path, monkeypatch):
+    # a driver without the token of a cluster that uses token authentication (another HOME, no RAY_AUTH_TOKEN*)
+    # used to print a line per connection attempt from Ray's core, then "Failed to connect to Ray cluster at ..."
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the cluster's nodes start with it and this token
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    spec = _spec(tmp_path, "auth", epochs=1, taus=[1.0])
+    env = {k: v for k, v in _env(tmp_path).items() if not k.startswith("RAY_AUTH")}
+    with ray_cluster("ta", workers=1) as c:
+        for extra in ({}, {"RAY_AUTH_MODE": "token"}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "wrong"}):
+            proc = subprocess.run(
+                _sweep_cmd(spec, c.address, s3), env={**env, **extra}, cwd=tmp_path / "work",
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1, (extra, proc.stderr[-2000:])
+            assert f"could not connect to the Ray cluster at {c.address}" in lines[0]
+            assert "RAY_AUTH_TOKEN" in lines[0], lines[0]  # says how to give the token
+    fs, path = pafs.FileSystem.from_uri(s3)
+    assert fs.get_file_info(f"{path}/auth").type == pafs.FileType.NotFound  # nothing written

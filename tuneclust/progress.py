@@ -8,11 +8,14 @@ one line on each trial end and every ``interval_s`` seconds (logs and CI stay sh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -42,6 +45,25 @@ def silence_ray(verbose: int) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def native_stderr_captured(into: list[str]) -> Iterator[None]:
+    """While the block runs, this process's file descriptor 2 (where Ray's C++ core logs, past Python's logging)
+    goes to a temporary file; its text is appended to ``into`` afterwards. Only around a call that starts no
+    processes (a child would inherit the file)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            into.append(f.read().decode(errors="replace"))
 
 
 def short_value(v: Any) -> str:

@@ -160,17 +160,27 @@ def _start_ray(spec: Spec, address: str | None, verbose: int) -> None:
     if address is None:  # this driver starts Ray: first stop what a killed driver's Ray left behind
         raycompat.warn(raycompat.clean_orphans())
         raycompat.mark_driver()
+    native: list[str] = []  # what Ray's core printed while connecting (a cluster's refusal, e.g. its token)
     try:
-        ray.init(
-            address=address,
-            runtime_env=_ship_plugins(spec, verbose),
-            include_dashboard=False,
-            log_to_driver=verbose >= progress.RAY_REPORTER,
-            logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
-        )
+        with progress.native_stderr_captured(native) if address else contextlib.nullcontext():
+            ray.init(
+                address=address,
+                runtime_env=_ship_plugins(spec, verbose),
+                include_dashboard=False,
+                log_to_driver=verbose >= progress.RAY_REPORTER,
+                logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
+            )
     except Exception as e:  # no cluster there, a missing auth token, ...: one line, not Ray's traceback
         where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
+        if "InvalidAuthToken" in "".join(native) + str(e):
+            raise SweepError(
+                f"could not {where}: it uses token authentication and this driver's token is missing or wrong; "
+                "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token "
+                "(`ray get-auth-token` on its head)"
+            ) from None
         raise SweepError(f"could not {where}: {type(e).__name__}: {first_line(e)}") from None
+    if verbose >= progress.RAY_REPORTER:
+        sys.stderr.write("".join(native))
 
 
 def _tuner(
