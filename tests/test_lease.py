@@ -383,3 +383,52 @@ def test_resume_takes_over_the_lease_of_a_killed_driver(tmp_path):
     epochs = pd.read_parquet(out / "epochs.parquet")
     assert (epochs.groupby("trial_id")["epoch"].apply(sorted).map(tuple) == tuple(range(1, 13))).all()
     assert not (out / lease.NAME).exists()
+
+
+@pytest.mark.slow  # two real drivers in subprocesses: about a minute
+def test_a_driver_whose_lease_is_taken_over_stops_without_writing(tmp_path):
+    """``--takeover`` while the first driver runs: the first stops within a heartbeat, with one line and exit
+    code 3, and writes nothing more; the second finishes the sweep, every epoch of every trial recorded once."""
+    import pandas as pd
+
+    from tuneclust.sweep import EXIT_DISPLACED
+    from tuneclust.tables import read_tables
+
+    spec, storage, out = _spec(tmp_path, "over", epochs=40), tmp_path / "runs", tmp_path / "runs" / "over"
+    env = {**_env(), "TUNECLUST_LEASE_RENEW_S": "0.5"}
+    first = subprocess.Popen(_driver(spec, storage), env=env, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def finished() -> int:
+        try:
+            return len(read_tables(out)[0])
+        except Exception:
+            return 0
+
+    procs = [first]
+    try:
+        _wait(lambda: finished() >= 1, first)
+        time.sleep(1.5)  # Ray's experiment state is saved every second here
+        second = subprocess.Popen(_driver(spec, storage, "--resume", "--takeover"), env=env,
+                                  start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)  # fmt: skip
+        procs.append(second)
+        _, err = first.communicate(timeout=120)
+        stdout, stderr = second.communicate(timeout=400)
+    finally:
+        for p in procs:  # a failed wait: do not leave a driver (and its Ray) running
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    assert first.returncode == EXIT_DISPLACED, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "this sweep's lease was taken over by pid" in lines[0], err[-2000:]
+    assert f"pid {second.pid} on host" in lines[0] and "stops without writing" in lines[0], lines
+    assert second.returncode == 0, stderr[-2000:]
+    assert "--takeover: taking this sweep over from pid" in stderr
+    assert "3 trials: 3 finished, 0 errored, 0 unfinished" in stdout
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert sorted(epochs.groupby("trial_id")["epoch"].apply(list).map(sorted).map(tuple).unique()) == [
+        tuple(range(1, 41))
+    ], epochs.groupby("trial_id")["epoch"].apply(list)  # each trial's 40 epochs, none twice
+    assert not (out / lease.NAME).exists()

@@ -2,15 +2,16 @@
 
 It names its holder (host, pid, start time, command line) and carries a random token and a heartbeat time that a
 daemon thread of the driver renews every :data:`RENEW_S` s. Another driver refuses to start while it is live; one
-whose heartbeat is older than :data:`STALE_S`, or held on this host by a pid that is gone, is taken over with a
-warning; ``--takeover`` forces it. The holder deletes it on every exit if the token is still its own; a holder whose
-token was replaced stops renewing and warns. Object stores have no lock and pyarrow's filesystems no conditional
-put, so acquiring is write-then-verify everywhere: write with our token, wait :data:`SETTLE_S`, read back; another
-token means another driver wrote after us: we refuse. S3 (like GCS, Azure, local/NFS renames) is read-after-write
-consistent, so the read-back sees the last writer: of two drivers writing within the settle window the last wins.
-Limits: a driver stalled for over SETTLE_S between finding no live lease and writing its own can overwrite a winner
-that had verified (whose heartbeat then sees the foreign token, stops and warns); heartbeat ages compare two hosts'
-clocks, which must agree to well within STALE_S. ``TUNECLUST_LEASE_{RENEW,STALE,SETTLE}_S`` override the delays.
+whose heartbeat is older than :data:`STALE_S`, or held on this host by a pid that is gone (or reused), is taken
+over with a warning; ``--takeover`` forces it. The holder deletes it on every exit if the token is still its own;
+a holder whose token was replaced stops renewing and calls its ``on_lost`` (the sweep's driver exits at once,
+without writing). Object stores have no lock and pyarrow's filesystems no conditional put, so acquiring is
+write-then-verify everywhere: write with our token, wait :data:`SETTLE_S`, read back; another token means another
+driver wrote after us: we refuse. S3 (like GCS, Azure, local/NFS renames) is read-after-write consistent, so the
+read-back sees the last writer: of two drivers writing within the settle window the last wins. Limits: a driver
+stalled for over SETTLE_S between finding no live lease and writing its own can overwrite a winner that had
+verified (whose heartbeat then sees the foreign token and stops it); heartbeat ages compare two hosts' clocks,
+which must agree to well within STALE_S. ``TUNECLUST_LEASE_{RENEW,STALE,SETTLE}_S`` override the delays.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,8 @@ class Lease:
     renew_s: float
     lost: bool = False
     created_dir: bool = False
+    on_lost: Callable[[str], None] | None = None
+    """Called (from the heartbeat thread) with one line when another driver has taken the lease; None: a warning."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -144,7 +148,13 @@ class Lease:
                 if current is None or current.get("token") != self.token:
                     self.lost = True
                     holder = describe(current) if current else "nobody (the lease was deleted)"
-                    _warn(self.loc, f"this sweep's lease was taken over by {holder}; no longer renewing it")
+                    line = f"{where(self.loc)}: this sweep's lease was taken over by {holder}"
+                    if self.on_lost is None:
+                        _warn(
+                            self.loc, f"this sweep's lease was taken over by {holder}; no longer renewing it"
+                        )
+                    else:
+                        self.on_lost(line)
                     return
                 self.record["heartbeat"] = time.time()
                 self.loc.write_text(json.dumps(self.record))
@@ -166,8 +176,14 @@ class Lease:
             _warn(self.loc, f"could not release the lease: {e}")
 
 
-def acquire(folder: Location, *, takeover: bool = False, command: str | None = None) -> Lease:
-    """Take the lease of the sweep in ``folder`` and start its heartbeat.
+def acquire(
+    folder: Location,
+    *,
+    takeover: bool = False,
+    command: str | None = None,
+    on_lost: Callable[[str], None] | None = None,
+) -> Lease:
+    """Take the lease of the sweep in ``folder`` and start its heartbeat (``on_lost``: see :class:`Lease`).
 
     Raises:
         LeaseError: a live driver holds it (and ``takeover`` is off), or another driver won the race.
@@ -194,7 +210,7 @@ def acquire(folder: Location, *, takeover: bool = False, command: str | None = N
     record = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
               "started": now, "heartbeat": now, "command": command or default_command(),
               "token": secrets.token_hex(16)}  # fmt: skip
-    lease = Lease(folder, record, setting("RENEW", RENEW_S), created_dir=not folder.exists())
+    lease = Lease(folder, record, setting("RENEW", RENEW_S), created_dir=not folder.exists(), on_lost=on_lost)
     loc.write_text(json.dumps(record))
     try:
         time.sleep(setting("SETTLE", SETTLE_S))

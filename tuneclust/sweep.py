@@ -77,7 +77,7 @@ def run_sweep(
     except preflight.PreflightError as e:
         raise SweepError(str(e)) from None
     try:
-        held = lease.acquire(out, takeover=takeover)
+        held = lease.acquire(out, takeover=takeover, on_lost=_stop_displaced)
     except lease.LeaseError as e:
         raise SweepError(str(e)) from None
     except OSError as e:
@@ -88,6 +88,19 @@ def run_sweep(
                     address=address, verbose=verbose)  # fmt: skip
     finally:
         held.release()
+
+
+EXIT_DISPLACED = 3
+"""This driver's lease was taken over by another driver: it stopped at once, without writing."""
+
+
+def _stop_displaced(line: str) -> None:
+    """Another driver took this sweep's lease (``--takeover``, or this one's heartbeat stopped for over a minute,
+    e.g. a suspended laptop): end this process now, so that two drivers never write the same sweep. Nothing more
+    is written (no table, state or MLflow call); the Ray this driver started, and its trials, end with it."""
+    print(f"error: {line}; this driver stops without writing (that driver owns the sweep)", file=sys.stderr,
+          flush=True)  # fmt: skip
+    os._exit(EXIT_DISPLACED)
 
 
 def _check_state(out: Location, resume: bool, overwrite: bool) -> None:
