@@ -356,3 +356,77 @@ def test_mlflow_calls_during_an_outage_are_replayed(tmp_path, capsys):
     finally:
         proxy.stop()
         server.stop()
+
+
+FLAKY = '''
+from pathlib import Path
+
+from tuneclust.methods.idfd import IDFD
+
+
+class Flaky(IDFD):
+    """IDFD whose tau=1 trial fails at the end of epoch 2 while a marker file exists (an outage's stand-in)."""
+
+    name = "flaky"
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()
+        if self.epoch == 1 and self.cfg.tau == 1.0 and Path({marker!r}).exists():
+            raise RuntimeError("flaky: the marker file is there")
+'''
+
+
+@pytest.mark.slow  # three drivers in subprocesses: about a minute and a half
+def test_errored_trials_run_again_with_retry_errored(tmp_path):
+    """A trial that failed (storage retries run out, a node's fault) ends ERROR; ``--resume`` leaves it so and says
+    how to rerun it; ``--resume --retry-errored`` runs it again from its last checkpoint: every epoch once,
+    status TERMINATED, no error, its MLflow run FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    work, marker = tmp_path / "work", tmp_path / "marker"
+    work.mkdir()
+    marker.touch()
+    (work / "flaky.py").write_text(FLAKY.format(marker=str(marker)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = _spec(tmp_path, "retry", epochs=4, taus=[0.5, 1.0], uri=uri)
+    spec.write_text(spec.read_text().replace("method: idfd", "method: 'flaky:Flaky'"))
+    env = {**_env(tmp_path), "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuneclust",
+        "sweep",
+        str(spec),
+        "--storage",
+        str(tmp_path / "runs"),
+        "--quiet",
+    ]
+    out = tmp_path / "runs" / "retry"
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cmd, *extra], cwd=work, env=env, capture_output=True, text=True, timeout=400)
+
+    first = run()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2 trials: 1 finished, 1 errored, 0 unfinished" in first.stdout
+    assert "run again with: " in first.stdout and "--resume --retry-errored" in first.stdout
+    trials = pd.read_parquet(out / "trials.parquet").set_index("config.tau")
+    assert (
+        trials.loc[1.0, "status"] == "ERROR" and "flaky: the marker file is there" in trials.loc[1.0, "error"]
+    )
+    marker.unlink()  # the cause is gone
+    plain = run("--resume")
+    assert plain.returncode == 0 and "1 errored" in plain.stdout, plain.stderr[-3000:]
+    assert pd.read_parquet(out / "trials.parquet").set_index("config.tau").loc[1.0, "status"] == "ERROR"
+    assert run("--retry-errored").returncode == 2  # needs --resume
+    again = run("--resume", "--retry-errored")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 trials: 2 finished, 0 errored, 0 unfinished" in again.stdout
+    trials = pd.read_parquet(out / "trials.parquet").set_index("config.tau")
+    assert (trials["status"] == "TERMINATED").all() and trials["error"].isna().all(), trials.to_string()
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert sorted(epochs.groupby("trial_id")["epoch"].apply(sorted).map(tuple)) == [(1, 2, 3, 4)] * 2
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("retry")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]

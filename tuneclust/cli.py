@@ -53,6 +53,8 @@ def _add_sweep(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept"
     )
+    s.add_argument("--retry-errored", action="store_true", help="with --resume: also run the trials that ended "
+                   "ERROR again, each from its last checkpoint (after an outage, or once their cause is fixed)")  # fmt: skip
     s.add_argument(
         "--overwrite", action="store_true", help="delete earlier results of this sweep and start over"
     )
@@ -222,6 +224,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tuneclust.spec import SpecError
     from tuneclust.sweep import SweepError
 
+    if args.retry_errored and not args.resume:
+        return _fail("--retry-errored needs --resume (it reruns the errored trials of an earlier sweep)")
     try:
         spec = with_header_description(_load(args.spec, args.overrides, args.smoke), args.spec)
         if args.resume:
@@ -243,6 +247,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             spec,
             storage=args.storage,
             resume=args.resume,
+            retry_errored=args.retry_errored,
             overwrite=args.overwrite,
             address=args.address,
             verbose=0 if args.quiet else 2 if args.verbose else 1,
@@ -265,6 +270,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if counts["errored"]:
+        print(
+            f"errored trials (the error column says why) run again with: {resume_command(args)} --retry-errored"
+        )
     return 0 if counts["terminated"] else 1
 
 

@@ -62,10 +62,12 @@ def run_sweep(
     address: str | None = None,
     verbose: int = 1,
     takeover: bool = False,
+    retry_errored: bool = False,
 ) -> Any:
     """Run (or resume) a sweep; returns Ray's ResultGrid. Raises :class:`SweepError` before writing anything
     if the results folder is in the wrong state, another driver runs this sweep (its lease, :mod:`tuneclust.lease`;
-    ``takeover`` takes it anyway) or the cluster cannot host a trial. The lease is held until this returns."""
+    ``takeover`` takes it anyway) or the cluster cannot host a trial. The lease is held until this returns.
+    ``retry_errored`` (with ``resume``): the trials that ended ERROR run again from their last checkpoint."""
     raycompat.warn(raycompat.version_warning())
     root = storage_root(spec, storage)
     out = root / spec.name
@@ -85,7 +87,7 @@ def run_sweep(
     try:
         _check_state(out, resume, overwrite)
         return _run(spec, root, out, mlflow_uri, storage=storage, resume=resume, overwrite=overwrite,
-                    address=address, verbose=verbose)  # fmt: skip
+                    address=address, verbose=verbose, retry_errored=retry_errored)  # fmt: skip
     finally:
         held.release()
 
@@ -124,6 +126,7 @@ def _run(
     overwrite: bool,
     address: str | None,
     verbose: int,
+    retry_errored: bool = False,
 ) -> Any:
     """:func:`run_sweep` once its checks passed and its lease is held: start Ray, write the spec, fit."""
     _prepare_data(spec)
@@ -151,7 +154,7 @@ def _run(
     )
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")  # experiment state: at most 5 s behind a crash
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    tuner = _tuner(spec, root, out, trainable, spec_text, mlflow_uri, resume, verbose)
+    tuner = _tuner(spec, root, out, trainable, spec_text, mlflow_uri, resume, verbose, retry_errored)
     try:
         return tuner.fit()  # the callback writes the whole tables at the end of the experiment
     except BaseException as e:
@@ -205,12 +208,14 @@ def _tuner(
     mlflow_uri: str | None,
     resume: bool,
     verbose: int,
+    retry_errored: bool = False,
 ) -> Any:
-    """A new ``tune.Tuner`` for the sweep, or the interrupted one restored from ``out`` (``resume``)."""
+    """A new ``tune.Tuner`` for the sweep, or the interrupted one restored from ``out`` (``resume``; with
+    ``retry_errored`` its errored trials run again from their last checkpoints)."""
     fs = None if root.local else root.fs  # a URI: Ray's checkpoints and experiment state go through it too
     if resume:
         tuner = tune.Tuner.restore(
-            out.path, trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=fs
+            out.path, trainable, resume_unfinished=True, resume_errored=retry_errored, storage_filesystem=fs
         )
         _mark_deleted_checkpoints(tuner)
         _resume_output(tuner, spec, verbose)
