@@ -7,10 +7,13 @@ so it can be killed like a researcher's terminal; results must all be in the buc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -246,25 +249,64 @@ def test_a_deleted_checkpoint_resolves_to_the_registered_one_on_s3(s3):
     fs.delete_dir(f"{trial}/checkpoint_000003")
 
 
-@pytest.mark.slow  # its own cluster, with token authentication on: ~25 s
-def test_a_driver_without_the_clusters_token_is_refused_in_one_line(s3, tmp_path, monkeypatch):
+@contextlib.contextmanager
+def _token_head(tmp_path: Path, token: Path):
+    """A one-node Ray (``ray start --head --block`` in its own session and temp dir) with token authentication on;
+    yields its address. Started in a subprocess: Ray reads RAY_AUTH_MODE once per process, and this one's Ray
+    settings were fixed by the tests before."""
+    import shutil
+    import tempfile
+
+    from conftest import free_port
+
+    port, tmp = (
+        free_port(),
+        tempfile.mkdtemp(prefix="tk", dir="/tmp"),
+    )  # short: Ray's socket paths live under it
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "HOME": str(tmp_path)}
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+           "--node-ip-address=127.0.0.1", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+           f"--temp-dir={tmp}"]  # fmt: skip
+    head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and head.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert head.poll() is None, "ray start --head failed"
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.slow  # its own one-node Ray with token authentication on: ~40 s
+def test_a_driver_without_the_clusters_token_is_refused_in_one_line(s3, tmp_path):
     # a driver without the token of a cluster that uses token authentication (another HOME, no RAY_AUTH_TOKEN*)
     # used to print a line per connection attempt from Ray's core, then "Failed to connect to Ray cluster at ..."
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the cluster's nodes start with it and this token
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     spec = _spec(tmp_path, "auth", epochs=1, taus=[1.0])
     env = {k: v for k, v in _env(tmp_path).items() if not k.startswith("RAY_AUTH")}
-    with ray_cluster("ta", workers=1) as c:
+    with _token_head(tmp_path, token) as address:
         for extra in ({}, {"RAY_AUTH_MODE": "token"}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "wrong"}):
             proc = subprocess.run(
-                _sweep_cmd(spec, c.address, s3), env={**env, **extra}, cwd=tmp_path / "work",
+                _sweep_cmd(spec, address, s3), env={**env, **extra}, cwd=tmp_path / "work",
                 capture_output=True, text=True, timeout=120,
             )  # fmt: skip
             lines = proc.stderr.strip().splitlines()
             assert proc.returncode == 2 and len(lines) == 1, (extra, proc.stderr[-2000:])
-            assert f"could not connect to the Ray cluster at {c.address}" in lines[0]
+            assert f"could not connect to the Ray cluster at {address}" in lines[0]
             assert "RAY_AUTH_TOKEN" in lines[0], lines[0]  # says how to give the token
     fs, path = pafs.FileSystem.from_uri(s3)
     assert fs.get_file_info(f"{path}/auth").type == pafs.FileType.NotFound  # nothing written
