@@ -196,3 +196,35 @@ def test_analysis_tables_hold_values_at_the_equal_budget_and_figures_say_so():
     assert render.statistic(at, ["config.tau"]) == "mean ± std over 2 seeds, at epoch 1 (equal budget)"
     full, _ = _tables(curves, {})
     assert results.at_equal_budget(full, epochs) is full  # no early stopping: unchanged
+
+
+def test_label_free_criteria_that_disagree_are_said_to():
+    # consensus and the reference silhouette favour tau=1, seed agreement tau=5, davies_bouldin (min) tau=5 too;
+    # without labels the answer says the criteria disagree, and which selects what
+    df = pd.DataFrame(
+        {
+            "setting": ["tau=1"] * 2 + ["tau=5"] * 2,
+            "consensus": [0.8, 0.7, 0.5, 0.6],
+            "reference_silhouette": [0.3, 0.2, 0.1, 0.1],
+            "seed_agreement": [0.4, 0.5, 0.9, 0.8],
+            "pooled_silhouette": [float("nan")] * 4,  # not computed: left out
+            "davies_bouldin": [2.0, 2.0, 1.0, 1.2],
+        }
+    )
+    picks = answer.selections(df)
+    assert picks == {"seed_agreement": "tau=5", "consensus": "tau=1", "reference_silhouette": "tau=1"}
+    assert answer.selections(df, ("davies_bouldin",)) == {"davies_bouldin": "tau=5"}  # lower is better
+    assert answer.agreement_text(picks, settings=2) == (
+        "label-free criteria disagree: seed_agreement select tau=5; consensus, reference_silhouette select "
+        "tau=1; without labels, treat the choice as uncertain"
+    )
+    same = {"seed_agreement": "tau=5", "consensus": "tau=5"}
+    assert (
+        answer.agreement_text(same, 2)
+        == "label-free criteria agree: seed_agreement, consensus all select tau=5"
+    )
+    assert answer.agreement_text(same, 1) == "" and answer.agreement_text({"consensus": "tau=5"}, 2) == ""
+    # the trust table's selections are the same picks
+    trust = answer.trust_table(df.assign(acc=[0.9, 0.8, 0.5, 0.6])).set_index("criterion")
+    assert trust["selects"].to_dict() == {**picks, "davies_bouldin": "tau=5"}
+    assert trust.loc["seed_agreement", "regret"] == pytest.approx(0.85 - 0.55)

@@ -65,6 +65,13 @@ class Answer:
     importance: dict[str, float] = field(default_factory=dict)
     full_settings: pd.DataFrame | None = None
     """The survivors' settings ranked at the full budget (None when every trial ran it)."""
+    selections: dict[str, str] = field(default_factory=dict)
+    """The setting each cross-trial or reference criterion selects at the compared budget (:func:`selections`)."""
+
+    @property
+    def agreement(self) -> str:
+        """Whether the label-free criteria select the same setting, in one line ("" when there is nothing to say)."""
+        return agreement_text(self.selections, len(self.settings))
 
     @property
     def view(self) -> View:
@@ -192,27 +199,52 @@ def gap_text(gap: dict[str, Any], metric: str) -> str:
     return f"{head} [{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}] over {gap['pairs']} paired seeds: {verdict}"
 
 
+def _signed_means(df: pd.DataFrame, name: str) -> pd.Series:
+    """Per setting, the mean of criterion ``name``, signed so that larger is better."""
+    sign = 1.0 if metric_mode(name) == "max" else -1.0
+    return sign * df.groupby("setting", sort=False)[name].mean()
+
+
+def selections(df: pd.DataFrame, names: tuple[str, ...] = criteria.SELECTION) -> dict[str, str]:
+    """The setting each label-free criterion (present in ``df``) ranks best: what it would answer without labels."""
+    out = {}
+    for name in names:
+        if name in df and df[name].notna().any():
+            out[name] = str(_signed_means(df, name).idxmax())
+    return out
+
+
+def agreement_text(picks: dict[str, str], settings: int) -> str:
+    """One line: whether the label-free criteria select the same setting ("" with fewer than two of either)."""
+    if len(picks) < 2 or settings < 2:
+        return ""
+    by_setting: dict[str, list[str]] = {}
+    for name, setting in picks.items():
+        by_setting.setdefault(setting, []).append(name)
+    if len(by_setting) == 1:
+        return f"label-free criteria agree: {', '.join(picks)} all select {next(iter(by_setting))}"
+    said = "; ".join(f"{', '.join(names)} select {setting}" for setting, names in by_setting.items())
+    return f"label-free criteria disagree: {said}; without labels, treat the choice as uncertain"
+
+
 def trust_table(df: pd.DataFrame, names: tuple[str, ...] = TRUST_CRITERIA) -> pd.DataFrame | None:
     """With labels: per label-free criterion, Spearman with ACC across settings (setting means) and across trials,
     the setting it would select, that setting's mean ACC, and the regret against the best setting's ACC."""
     if "acc" not in df or df["acc"].isna().all():
         return None
     acc = df.groupby("setting", sort=False)["acc"].mean()
+    picks = selections(df, names)
     rows = []
-    for name in names:
-        if name not in df or df[name].isna().all():
-            continue
+    for name, choice in picks.items():
         sign = 1.0 if metric_mode(name) == "max" else -1.0
-        per = df.groupby("setting", sort=False)[name].mean()
-        choice = (sign * per).idxmax() if per.notna().any() else None
         rows.append(
             {
                 "criterion": name,
-                "spearman_settings": criteria.spearman(sign * per.reindex(acc.index), acc),
+                "spearman_settings": criteria.spearman(_signed_means(df, name).reindex(acc.index), acc),
                 "spearman_trials": criteria.spearman(sign * df[name], df["acc"]),
                 "selects": choice,
-                "selected_acc": float(acc[choice]) if choice is not None else float("nan"),
-                "regret": float(acc.max() - acc[choice]) if choice is not None else float("nan"),
+                "selected_acc": float(acc[choice]),
+                "regret": float(acc.max() - acc[choice]),
             }
         )
     return pd.DataFrame(rows) if rows else None
@@ -295,7 +327,8 @@ def answer(
         except Exception as e:  # noqa: BLE001 (importance is a summary: never lose the answer over it)
             print(f"warning: parameter importance not computed: {type(e).__name__}: {e}", file=sys.stderr)
     full_table = settings_table(vs[1].trials, cols, metric, mode) if len(vs) > 1 else None
-    return Answer(metric, mode, cols, vs, table, gap, trust_table(main.trials), imp, full_table)
+    trust = trust_table(main.trials)
+    return Answer(metric, mode, cols, vs, table, gap, trust, imp, full_table, selections(main.trials))
 
 
 def sweep_answer(sweep_dir: str | Location, metric: str | None = None) -> Answer | None:
@@ -342,6 +375,8 @@ def answer_text(ans: Answer, top: int = 10, compact: bool = False) -> str:
     lines = [f"settings ranked by {ans.metric} ({ans.mode}) at {ans.view.label}:"]
     lines.append(plain_table(settings_display(ans.settings).head(top)))
     lines.append(gap_text(ans.gap, ans.metric))
+    if ans.agreement:
+        lines.append(ans.agreement)
     if ans.full_settings is not None and not ans.full_settings.empty:
         lines.append(f"survivors at {ans.views[1].label}:")
         lines.append(plain_table(settings_display(ans.full_settings).head(survivors)))

@@ -35,6 +35,7 @@ def answer_markdown(ans: answer.Answer, top: int = 20) -> str:
         f"Settings ranked by `{ans.metric}` at **{ans.view.label}**:",
         render.markdown_table(answer.settings_display(ans.settings).head(top), 3),
         answer.gap_text(ans.gap, ans.metric),
+        *([ans.agreement] if ans.agreement else []),
     ]
     if ans.full_settings is not None and not ans.full_settings.empty:
         parts += [
