@@ -178,10 +178,11 @@ def _start_ray(spec: Spec, address: str | None, verbose: int) -> None:
         raycompat.mark_driver()
     native: list[str] = []  # what Ray's core printed while connecting (a cluster's refusal, e.g. its token)
     try:
+        runtime_env = _ship_plugins(spec, verbose)  # says what it ships: before stderr is captured
         with progress.native_stderr_captured(native) if address else contextlib.nullcontext():
             ray.init(
                 address=address,
-                runtime_env=_ship_plugins(spec, verbose),
+                runtime_env=runtime_env,
                 include_dashboard=False,
                 log_to_driver=verbose >= progress.RAY_REPORTER,
                 logging_level="INFO" if verbose >= progress.RAY_REPORTER else "ERROR",
