@@ -199,10 +199,14 @@ def gap_text(gap: dict[str, Any], metric: str) -> str:
     return f"{head} [{gap['ci_low']:+.3f}, {gap['ci_high']:+.3f}] over {gap['pairs']} paired seeds: {verdict}"
 
 
+def _sign(name: str) -> float:
+    """+1 for a criterion where larger is better, -1 where smaller is."""
+    return 1.0 if metric_mode(name) == "max" else -1.0
+
+
 def _signed_means(df: pd.DataFrame, name: str) -> pd.Series:
     """Per setting, the mean of criterion ``name``, signed so that larger is better."""
-    sign = 1.0 if metric_mode(name) == "max" else -1.0
-    return sign * df.groupby("setting", sort=False)[name].mean()
+    return _sign(name) * df.groupby("setting", sort=False)[name].mean()
 
 
 def selections(df: pd.DataFrame, names: tuple[str, ...] = criteria.SELECTION) -> dict[str, str]:
@@ -236,12 +240,11 @@ def trust_table(df: pd.DataFrame, names: tuple[str, ...] = TRUST_CRITERIA) -> pd
     picks = selections(df, names)
     rows = []
     for name, choice in picks.items():
-        sign = 1.0 if metric_mode(name) == "max" else -1.0
         rows.append(
             {
                 "criterion": name,
                 "spearman_settings": criteria.spearman(_signed_means(df, name).reindex(acc.index), acc),
-                "spearman_trials": criteria.spearman(sign * df[name], df["acc"]),
+                "spearman_trials": criteria.spearman(_sign(name) * df[name], df["acc"]),
                 "selects": choice,
                 "selected_acc": float(acc[choice]),
                 "regret": float(acc.max() - acc[choice]),
